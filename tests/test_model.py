@@ -1,0 +1,91 @@
+"""The model contract: card parsing, model resolution, providers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsi_deepr.errors import ModelError, ModelMismatchError, ModelNotFoundError, ProviderUnavailableError
+from wsi_deepr.inference import SessionSpec, get_session, providers_for, run_batch
+from wsi_deepr.io.slide import Modality
+from wsi_deepr.model import check_compatible, list_models, load_model_info, resolve_model
+from wsi_deepr.testing import conv_model, default_card, save_model
+
+
+def test_card_is_read_from_metadata_props(tmp_path) -> None:
+    path = save_model(conv_model(card=default_card(halo=7, extra_key="x")), tmp_path / "m.onnx")
+    info = load_model_info(path)
+    assert info.card.modality is Modality.BRIGHTFIELD
+    assert (info.card.channels, info.card.halo, info.card.mpp) == (3, 7, 0.5)
+    assert info.card.defocus_range_um == (-10.0, 10.0)
+    assert dict(info.card.extra) == {"extra_key": "x"}
+    assert len(info.sha256) == 64 and info.name == "m"
+
+
+def test_incomplete_card_names_missing_keys(tmp_path) -> None:
+    card = default_card()
+    del card["halo"], card["mpp"]
+    path = save_model(conv_model(card=card), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="missing metadata key.*mpp, halo"):
+        load_model_info(path)
+
+
+def test_not_onnx(tmp_path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("this is not a protobuf")
+    with pytest.raises(ModelError, match="not a valid ONNX model"):
+        load_model_info(bad)
+    with pytest.raises(ModelNotFoundError):
+        load_model_info(tmp_path / "missing.onnx")
+
+
+def test_resolve_by_name_path_and_default(tmp_path, monkeypatch) -> None:
+    save_model(conv_model(card=default_card(default="true")), tmp_path / "bf.onnx")
+    fl = default_card(modality="fluorescence", channels=1)
+    save_model(conv_model(channels=1, card=fl), tmp_path / "fl.onnx")
+    monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(tmp_path))
+    names = {m.name for m in list_models()}
+    assert {"bf", "fl"} <= names
+    assert resolve_model(None, modality=Modality.BRIGHTFIELD).name == "bf"
+    assert resolve_model(None, modality=Modality.FLUORESCENCE).name == "fl"
+    assert resolve_model("fl", modality=Modality.BRIGHTFIELD).name == "fl"
+    assert resolve_model(str(tmp_path / "bf.onnx"), modality=Modality.FLUORESCENCE).name == "bf"
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'"):
+        resolve_model("nope", modality=Modality.BRIGHTFIELD)
+
+
+def test_channel_and_modality_checks(tmp_path) -> None:
+    rgb = load_model_info(save_model(conv_model(card=default_card()), tmp_path / "rgb.onnx"))
+    mono = load_model_info(save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
+                                      tmp_path / "mono.onnx"))
+    check_compatible(rgb, n_channels=3, modality=Modality.BRIGHTFIELD)
+    check_compatible(mono, n_channels=5, modality=Modality.FLUORESCENCE)
+    with pytest.raises(ModelMismatchError, match="takes 3 channels but the slide has 1"):
+        check_compatible(load_model_info(save_model(conv_model(card=default_card(modality="fluorescence")),
+                                                    tmp_path / "f3.onnx")), n_channels=1,
+                         modality=Modality.FLUORESCENCE)
+    with pytest.raises(ModelMismatchError, match="brightfield model but the slide is fluorescence"):
+        check_compatible(rgb, n_channels=3, modality=Modality.FLUORESCENCE)
+
+
+def test_cuda_fails_fast_without_provider() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA provider")
+    with pytest.raises(ProviderUnavailableError, match="--device cuda"):
+        providers_for("cuda")
+    assert providers_for("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ValueError, match="unknown device"):
+        providers_for("tpu")
+
+
+def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
+    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
+                      tmp_path / "m.onnx")
+    spec = SessionSpec(str(path), "cpu", 1)
+    assert get_session(spec) is get_session(spec)
+    batch = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    out = run_batch(spec, batch, model_channels=1)
+    single = run_batch(spec, batch[:, 1:2], model_channels=1)
+    np.testing.assert_allclose(out[:, 1:2], single, atol=1e-6)

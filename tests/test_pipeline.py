@@ -1,0 +1,172 @@
+"""Oracle tests: tiled inference equals whole-image inference.
+
+A deterministic ONNX conv model (built with onnx.helper) whose receptive field
+fits in the halo must give the same output tiled as on the whole
+reflect-padded image, to float precision, at every pixel including the tile
+borders and the image edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wsi_deepr.compute import infer_windows
+from wsi_deepr.geometry import TileGrid
+from wsi_deepr.inference import SessionSpec, get_session
+from wsi_deepr.normalization import NormStats, compute_stats
+from wsi_deepr.pipeline import RefocusPlan, refocus_dask, store_to_zarr
+from wsi_deepr.testing import conv_model, default_card, save_model
+
+DEPTH = 3  # receptive-field radius of the oracle model
+
+
+class ArrayReader:
+    """In-memory RegionReader."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def read(self, level, y0, x0, y1, x1):
+        assert level == 0
+        assert 0 <= y0 < y1 <= self.array.shape[0] and 0 <= x0 < x1 <= self.array.shape[1]
+        return self.array[y0:y1, x0:x1]
+
+
+@pytest.fixture(scope="module")
+def rgb_spec(tmp_path_factory) -> SessionSpec:
+    path = tmp_path_factory.mktemp("m") / "conv3.onnx"
+    save_model(conv_model(channels=3, depth=DEPTH, card=default_card(halo=DEPTH)), path)
+    return SessionSpec(str(path), "cpu", 1)
+
+
+@pytest.fixture(scope="module")
+def mono_spec(tmp_path_factory) -> SessionSpec:
+    path = tmp_path_factory.mktemp("m") / "conv1.onnx"
+    card = default_card(modality="fluorescence", channels=1, halo=DEPTH)
+    save_model(conv_model(channels=1, depth=DEPTH, card=card, seed=3), path)
+    return SessionSpec(str(path), "cpu", 1)
+
+
+def whole_image(spec: SessionSpec, image: np.ndarray, stats: NormStats, halo: int, per_channel=False):
+    """Reference: the model on the whole reflect-padded image, no tiling."""
+    x = stats.normalize(image)
+    x = np.pad(x, ((halo, halo), (halo, halo), (0, 0)), mode="reflect").transpose(2, 0, 1)[None]
+    session = get_session(spec)
+    if per_channel:
+        out = np.concatenate([session.run(None, {"input": x[:, c:c + 1]})[0] for c in range(x.shape[1])], axis=1)
+    else:
+        out = session.run(None, {"input": x})[0]
+    y = out[0].transpose(1, 2, 0)[halo:-halo, halo:-halo]
+    return stats.denormalize(y)
+
+
+def plan_for(image, spec, *, tile, halo, overlap, stats=None, model_channels=3, dtype=None, skip=None,
+             batch=3, chunk=64):
+    grid = TileGrid(image.shape[:2], tile=tile, halo=halo, overlap=overlap)
+    stats = stats or NormStats.identity(image.shape[2])
+    return RefocusPlan(ArrayReader(image), 0, grid, image.shape[2], spec, model_channels, stats, dtype,
+                       skip=skip, batch=batch, chunk=chunk)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile", "halo", "overlap"),
+    [
+        ((300, 257), 64, DEPTH, 8),  # sizes not multiples of anything
+        ((128, 128), 64, DEPTH, 0),  # plain cropping, no feather
+        ((97, 211), 48, 5, 6),  # halo larger than the receptive field
+        ((20, 15), 64, DEPTH, 8),  # image smaller than one window
+    ],
+)
+def test_tiled_equals_whole_image(rgb_spec, shape, tile, halo, overlap) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((*shape, 3), dtype=np.float32)
+    out = refocus_dask(plan_for(image, rgb_spec, tile=tile, halo=halo, overlap=overlap)).compute()
+    ref = whole_image(rgb_spec, image, NormStats.identity(3), DEPTH)
+    assert out.shape == image.shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)
+
+
+@given(st.integers(5, 90), st.integers(5, 90), st.integers(0, 6), st.integers(1, 4), st.integers(8, 40))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_tiled_equals_whole_image_property(rgb_spec, h, w, overlap, batch, chunk) -> None:
+    image = np.random.default_rng(h * 1000 + w).random((h, w, 3), dtype=np.float32)
+    plan = plan_for(image, rgb_spec, tile=2 * DEPTH + 2 * overlap + 9, halo=DEPTH, overlap=overlap,
+                    batch=batch, chunk=chunk)
+    out = refocus_dask(plan).compute(scheduler="sync")
+    np.testing.assert_allclose(out, whole_image(rgb_spec, image, NormStats.identity(3), DEPTH), atol=1e-5)
+
+
+def test_slide_statistics_not_tile_statistics(rgb_spec) -> None:
+    """zscore stats from the slide, applied to every tile, still match the oracle."""
+    rng = np.random.default_rng(1)
+    image = (rng.random((200, 230, 3)) * 200 + 20).astype(np.float32)
+    stats = compute_stats("zscore", image.reshape(-1, 3), dtype=np.uint8)
+    out = refocus_dask(plan_for(image, rgb_spec, tile=64, halo=DEPTH, overlap=8, stats=stats)).compute()
+    np.testing.assert_allclose(out, whole_image(rgb_spec, image, stats, DEPTH), rtol=0, atol=1e-3)
+
+
+def test_single_channel_model_runs_on_every_channel(mono_spec) -> None:
+    image = np.random.default_rng(2).random((150, 170, 3), dtype=np.float32)
+    plan = plan_for(image, mono_spec, tile=64, halo=DEPTH, overlap=8, model_channels=1)
+    out = refocus_dask(plan).compute()
+    ref = whole_image(mono_spec, image, NormStats.identity(3), DEPTH, per_channel=True)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_skip_mask_passes_input_through(rgb_spec) -> None:
+    image = np.random.default_rng(3).integers(0, 65535, (180, 140, 2), dtype=np.uint16)
+    stats = compute_stats("percentile:1:99", image.reshape(-1, 2), dtype=np.uint16)
+    grid = TileGrid(image.shape[:2], tile=64, halo=DEPTH, overlap=8)
+    everything = np.ones(grid.grid_shape, bool)
+    plan = plan_for(image, None, tile=64, halo=DEPTH, overlap=8, stats=stats, model_channels=1,
+                    dtype=np.uint16, skip=everything)
+    out = refocus_dask(plan).compute()
+    np.testing.assert_array_equal(out, image)
+
+
+def test_partial_skip_keeps_skipped_cores(rgb_spec) -> None:
+    image = np.random.default_rng(4).random((160, 160, 3), dtype=np.float32)
+    grid = TileGrid(image.shape[:2], tile=64, halo=DEPTH, overlap=8)
+    skip = np.zeros(grid.grid_shape, bool)
+    skip[1, 1] = True
+    out = refocus_dask(plan_for(image, rgb_spec, tile=64, halo=DEPTH, overlap=8, skip=skip)).compute()
+    y0, x0, y1, x1 = grid.window(1, 1).core
+    inner = (slice(y0 + 8, y1 - 8), slice(x0 + 8, x1 - 8))  # where this window has weight 1
+    np.testing.assert_allclose(out[inner], image[inner], atol=1e-6)
+    assert np.abs(out - image).max() > 0.01  # the other windows did run the model
+
+
+def test_store_to_zarr_matches_dask_array_and_resumes(rgb_spec, tmp_path) -> None:
+    image = (np.random.default_rng(5).random((150, 190, 3)) * 255).astype(np.uint8)
+    stats = compute_stats("zscore", image.reshape(-1, 3), dtype=np.uint8)
+    plan = plan_for(image, rgb_spec, tile=64, halo=DEPTH, overlap=8, stats=stats, dtype=np.uint8, chunk=64)
+    expected = refocus_dask(plan).compute()
+    target = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=(64, 64, 3), dtype="uint8")
+    ticks = []
+    n = store_to_zarr(plan, target, progress=ticks.append, num_workers=2)
+    assert n == len(ticks) == 3 * 3
+    np.testing.assert_array_equal(target[:], expected)
+    # blocks reported done are not recomputed
+    target2 = zarr.create_array(str(tmp_path / "b.zarr"), shape=image.shape, chunks=(64, 64, 3), dtype="uint8",
+                                fill_value=7)
+    n = store_to_zarr(plan, target2, done=lambda by, bx: by == 0)
+    assert n == 2 * 3
+    np.testing.assert_array_equal(target2[64:], expected[64:])
+    assert np.all(target2[:64] == 7)
+
+
+def test_infer_windows_batch_matches_single_windows(rgb_spec) -> None:
+    image = np.random.default_rng(6).random((100, 300, 3), dtype=np.float32)
+    grid = TileGrid(image.shape[:2], tile=64, halo=DEPTH, overlap=8)
+    reader, stats = ArrayReader(image), NormStats.identity(3)
+    whole = infer_windows(reader, 0, grid, 1, 0, grid.grid_shape[1], spec=rgb_spec, stats=stats, model_channels=3)
+    acc = np.zeros_like(whole.data)
+    for ix in range(grid.grid_shape[1]):
+        part = infer_windows(reader, 0, grid, 1, ix, ix + 1, spec=rgb_spec, stats=stats, model_channels=3)
+        y0, x0, y1, x1 = part.box
+        acc[:, x0 - whole.box[1]:x1 - whole.box[1]] += part.data
+    np.testing.assert_allclose(acc, whole.data, atol=1e-6)

@@ -1,0 +1,165 @@
+"""The work of one task, in numpy: read → normalise → infer → weight, and merge.
+
+These functions know nothing about Dask.  :mod:`wsi_deepr.pipeline` wires
+them into a task graph; tests call them directly.
+
+* :func:`infer_windows` runs the model on a run of horizontally adjacent
+  windows of one grid row and returns a :class:`Canvas`: the weighted sum of
+  their cores.
+* :func:`assemble` sums the canvases that cover an output block, undoes the
+  normalisation and casts to the output type.  Because the weights form a
+  partition of unity, the sum is the final value: no renormalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import TileGrid, pad_reflect
+from .inference import SessionSpec, run_batch
+from .io.slide import RegionReader
+from .normalization import NormStats
+
+__all__ = ["Canvas", "assemble", "infer_windows", "read_padded", "to_dtype"]
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Weighted model output over a box of the image (normalised space).
+
+    Attributes
+    ----------
+    box : tuple of int
+        ``(y0, x0, y1, x1)`` in image coordinates.
+    data : numpy.ndarray
+        ``float32`` array of shape ``(y1-y0, x1-x0, C)``.
+    """
+
+    box: tuple[int, int, int, int]
+    data: np.ndarray
+
+
+def read_padded(reader: RegionReader, level: int, box: tuple[int, int, int, int],
+                shape: tuple[int, int]) -> np.ndarray:
+    """Read ``box`` (may leave the image) and fill the outside by reflection."""
+    y0, x0, y1, x1 = box
+    h, w = shape
+    cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    block = reader.read(level, cy0, cx0, cy1, cx1)
+    return pad_reflect(block, (cy0 - y0, cx0 - x0), (y1 - cy1, x1 - cx1))
+
+
+def infer_windows(
+    reader: RegionReader,
+    level: int,
+    grid: TileGrid,
+    iy: int,
+    ix0: int,
+    ix1: int,
+    *,
+    spec: SessionSpec | None,
+    stats: NormStats,
+    model_channels: int,
+    skip: Sequence[bool] | None = None,
+) -> Canvas:
+    """Run the model on windows ``(iy, ix0) ... (iy, ix1 - 1)`` and blend them.
+
+    Parameters
+    ----------
+    reader : RegionReader
+        Pixel source.
+    level : int
+        Pyramid level the grid is laid on.
+    grid : TileGrid
+        Window layout over that level.
+    iy, ix0, ix1 : int
+        Grid row and half-open range of grid columns.
+    spec : SessionSpec or None
+        Model session to use; ``None`` only when every window is skipped.
+    stats : NormStats
+        Slide normalisation statistics.
+    model_channels : int
+        Channels the model takes (1 = run each channel separately).
+    skip : sequence of bool, optional
+        Per window: ``True`` passes the input through unchanged.
+
+    Returns
+    -------
+    Canvas
+        Weighted sum of the windows' cores, in normalised space.
+    """
+    windows = [grid.window(iy, ix) for ix in range(ix0, ix1)]
+    skip = [False] * len(windows) if skip is None else list(skip)
+    union = (windows[0].read[0], windows[0].read[1], windows[0].read[2], windows[-1].read[3])
+    pixels = read_padded(reader, level, union, grid.shape)
+    normed = stats.normalize(pixels)
+
+    outputs: dict[int, np.ndarray] = {}
+    run = [k for k, s in enumerate(skip) if not s]
+    if run:
+        if spec is None:
+            raise ValueError("spec is required when some windows are not skipped")
+        t = grid.tile
+        batch = np.stack(
+            [normed[:, windows[k].read[1] - union[1]:windows[k].read[1] - union[1] + t] for k in run]
+        )  # (B, T, T, C)
+        result = run_batch(spec, batch.transpose(0, 3, 1, 2), model_channels=model_channels)
+        for k, out in zip(run, result, strict=True):
+            outputs[k] = out.transpose(1, 2, 0)
+
+    core_y0, core_y1 = windows[0].core[0], windows[0].core[2]
+    box = (core_y0, windows[0].core[1], core_y1, windows[-1].core[3])
+    canvas = np.zeros((box[2] - box[0], box[3] - box[1], normed.shape[2]), dtype=np.float32)
+    for k, win in enumerate(windows):
+        ys, xs = win.core_in_window
+        if k in outputs:
+            core = outputs[k][ys, xs]
+        else:  # pass-through: the input itself, in normalised space
+            off = win.read[1] - union[1]
+            core = normed[ys, off + xs.start:off + xs.stop]
+        weights = grid.weights(iy, ix0 + k).astype(np.float32)[:, :, None]
+        cx0 = win.core[1] - box[1]
+        canvas[:, cx0:cx0 + core.shape[1]] += core * weights
+    return Canvas(box, canvas)
+
+
+def assemble(box: tuple[int, int, int, int], canvases: Sequence[Canvas], *, stats: NormStats,
+             dtype: np.dtype | None, n_channels: int) -> np.ndarray:
+    """Sum the parts of ``canvases`` inside ``box`` and map back to pixel values.
+
+    Parameters
+    ----------
+    box : tuple of int
+        ``(y0, x0, y1, x1)`` of the output block.
+    canvases : sequence of Canvas
+        Every canvas that intersects ``box`` (their weights sum to one).
+    stats : NormStats
+        Normalisation to undo.
+    dtype : numpy.dtype or None
+        Output type; integers are rounded and clipped, ``None`` keeps float32.
+    n_channels : int
+        Channels of the output.
+    """
+    y0, x0, y1, x1 = box
+    acc = np.zeros((y1 - y0, x1 - x0, n_channels), dtype=np.float32)
+    for c in canvases:
+        cy0, cx0, cy1, cx1 = c.box
+        iy0, ix0, iy1, ix1 = max(y0, cy0), max(x0, cx0), min(y1, cy1), min(x1, cx1)
+        if iy1 <= iy0 or ix1 <= ix0:
+            continue
+        acc[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += c.data[iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
+    return to_dtype(stats.denormalize(acc), dtype)
+
+
+def to_dtype(block: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """Round and clip ``block`` into integer ``dtype`` (``None`` keeps float32)."""
+    if dtype is None:
+        return block.astype(np.float32, copy=False)
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        info = np.iinfo(dt)
+        return np.clip(np.rint(block), info.min, info.max).astype(dt)
+    return block.astype(dt)

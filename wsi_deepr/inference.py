@@ -1,0 +1,166 @@
+"""ONNX Runtime inference: execution providers and per-process sessions.
+
+Tasks never carry a session (it cannot be pickled) nor the model bytes: they
+carry a small :class:`SessionSpec`, and :func:`get_session` returns the one
+session of this process for that spec, created on first use and reused across
+tiles and threads (``InferenceSession.run`` is thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+
+from .errors import ProviderUnavailableError
+
+__all__ = ["DEVICES", "SessionSpec", "get_session", "providers_for", "run_batch", "check_runtime_install"]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything needed to (re)create a session in any process.
+
+    Attributes
+    ----------
+    model_path : str
+        The ONNX file.
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    intra_op_threads : int
+        ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
+    """
+
+    model_path: str
+    device: str = "auto"
+    intra_op_threads: int = 0
+
+
+def check_runtime_install() -> None:
+    """Log a warning when onnxruntime and onnxruntime-gpu are both installed."""
+    names = set()
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            names.add(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(names) == 2:
+        log.warning(
+            "both onnxruntime and onnxruntime-gpu are installed; the CUDA provider may be "
+            "missing. Fix: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+        )
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers to request for ``device``.
+
+    Raises
+    ------
+    ValueError
+        Unknown device.
+    ProviderUnavailableError
+        ``device="cuda"`` but this onnxruntime build has no CUDA provider.
+    """
+    import onnxruntime as ort
+
+    device = str(device).lower()
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [_CPU]
+    if _CUDA in available:
+        return [_CUDA, _CPU]
+    if device == "cuda":
+        check_runtime_install()
+        raise ProviderUnavailableError(
+            f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu in place of "
+            f"onnxruntime (pip install 'wsi-deepr[gpu]' && pip uninstall -y onnxruntime) "
+            f"or use --device cpu"
+        )
+    return [_CPU]
+
+
+_sessions: dict[SessionSpec, object] = {}
+_lock = threading.Lock()
+
+
+def get_session(spec: SessionSpec):
+    """Return this process's ``onnxruntime.InferenceSession`` for ``spec``.
+
+    With ``device="cuda"`` the session must really run on CUDA: ONNX Runtime
+    silently falls back to the CPU when the CUDA libraries fail to load, and
+    that fallback raises :class:`ProviderUnavailableError` here.
+    """
+    session = _sessions.get(spec)
+    if session is not None:
+        return session
+    with _lock:
+        session = _sessions.get(spec)
+        if session is None:
+            session = _create_session(spec)
+            _sessions[spec] = session
+    return session
+
+
+def _create_session(spec: SessionSpec):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if spec.intra_op_threads:
+        options.intra_op_num_threads = int(spec.intra_op_threads)
+    options.inter_op_num_threads = 1
+    requested = providers_for(spec.device)
+    session = ort.InferenceSession(spec.model_path, options, providers=requested)
+    active = session.get_providers()
+    if spec.device == "cuda" and (not active or active[0] != _CUDA):
+        raise ProviderUnavailableError(
+            f"--device cuda: ONNX Runtime could not start the CUDA provider (active: "
+            f"{', '.join(active)}); check the CUDA and cuDNN libraries match onnxruntime-gpu "
+            f"{ort.__version__}, or use --device cpu"
+        )
+    log.info("ONNX Runtime session for %s on %s", spec.model_path, active[0])
+    return session
+
+
+def active_provider(spec: SessionSpec) -> str:
+    """Name of the execution provider the session for ``spec`` runs on."""
+    return get_session(spec).get_providers()[0]
+
+
+def run_batch(spec: SessionSpec, batch: np.ndarray, *, model_channels: int) -> np.ndarray:
+    """Run the model on ``batch`` of shape ``(N, C, H, W)`` (``float32``).
+
+    When the model takes one channel and the batch has ``C > 1``, every
+    channel is run as its own image (fluorescence: one model for all channels).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float32`` array of the same shape as ``batch``.
+    """
+    session = get_session(spec)
+    n, c, h, w = batch.shape
+    flat = batch.reshape(n * c, 1, h, w) if (model_channels == 1 and c > 1) else batch
+    name = session.get_inputs()[0].name
+    (out,) = session.run(None, {name: np.ascontiguousarray(flat, dtype=np.float32)})[:1]
+    if out.shape != flat.shape:
+        raise RuntimeError(
+            f"model {spec.model_path} returned shape {out.shape} for input {flat.shape}; "
+            f"the model contract requires the same shape"
+        )
+    return out.reshape(n, c, h, w)

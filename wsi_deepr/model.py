@@ -1,0 +1,281 @@
+"""Deep-R models: the model contract, the model card and the installed models.
+
+A model is an ONNX file whose graph maps ``float32 [N, C, H, W]`` to the same
+shape (dynamic N, H, W) and whose ``metadata_props`` hold a model card with the
+keys in :data:`CARD_KEYS`.  Models are found in the package's ``models/``
+folder and in the folders listed in ``$WSI_DEEPR_MODEL_PATH`` (``os.pathsep``
+separated).  The default model of a modality is the one whose card has
+``default = true`` for that modality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from .errors import ModelError, ModelMismatchError, ModelNotFoundError
+from .io.slide import Modality
+from .normalization import parse_spec
+
+__all__ = [
+    "CARD_KEYS",
+    "ModelCard",
+    "ModelInfo",
+    "check_compatible",
+    "list_models",
+    "load_model_info",
+    "model_dirs",
+    "resolve_model",
+]
+
+log = logging.getLogger(__name__)
+
+CARD_KEYS = (
+    "modality",
+    "channels",
+    "mpp",
+    "defocus_range_um",
+    "normalization",
+    "halo",
+    "version",
+    "description",
+)
+ENV_MODEL_PATH = "WSI_DEEPR_MODEL_PATH"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The model card stored in an ONNX model's ``metadata_props``."""
+
+    modality: Modality
+    channels: int
+    mpp: float | None
+    defocus_range_um: tuple[float, float] | None
+    normalization: str
+    halo: int
+    version: str
+    description: str
+    default: bool = False
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], *, path: Path) -> ModelCard:
+        """Parse and validate a card from ONNX ``metadata_props``."""
+        missing = [k for k in CARD_KEYS if k not in meta]
+        if missing:
+            raise ModelError(
+                f"{path}: model card incomplete, missing metadata key(s) "
+                f"{', '.join(missing)}; export the model with the wsi-deepr exporter "
+                f"(export/) or add them to metadata_props"
+            )
+        try:
+            modality = Modality.parse(meta["modality"])
+            channels = int(meta["channels"])
+            halo = int(meta["halo"])
+            mpp = _optional_float(meta["mpp"])
+            defocus = _range(meta["defocus_range_um"])
+            parse_spec(meta["normalization"])
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{path}: invalid model card: {exc}") from None
+        if channels < 1 or halo < 0:
+            raise ModelError(f"{path}: invalid model card: channels={channels}, halo={halo}")
+        extra = tuple(sorted((k, v) for k, v in meta.items() if k not in CARD_KEYS and k != "default"))
+        return cls(
+            modality=modality,
+            channels=channels,
+            mpp=mpp,
+            defocus_range_um=defocus,
+            normalization=meta["normalization"],
+            halo=halo,
+            version=meta["version"],
+            description=meta["description"],
+            default=meta.get("default", "").strip().lower() in ("1", "true", "yes"),
+            extra=extra,
+        )
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict (for ``wsi-deepr models`` and output metadata)."""
+        d = asdict(self)
+        d["modality"] = self.modality.value
+        d["extra"] = dict(self.extra)
+        return d
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An ONNX model file with its validated card."""
+
+    path: Path
+    name: str
+    card: ModelCard
+    sha256: str
+    input_name: str
+    output_name: str
+
+    def as_dict(self) -> dict:
+        """JSON-friendly dict."""
+        return {"name": self.name, "path": str(self.path), "sha256": self.sha256, **self.card.as_dict()}
+
+
+def _optional_float(text: str) -> float | None:
+    text = str(text).strip().lower()
+    if text in ("", "none", "null", "unknown"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"mpp must be > 0, got {text!r}")
+    return value
+
+
+def _range(text: str) -> tuple[float, float] | None:
+    text = str(text).strip()
+    if text.lower() in ("", "none", "null", "unknown"):
+        return None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    low, high = (float(v) for v in values)
+    return low, high
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Open an ONNX model, check the model contract and return its card.
+
+    Raises
+    ------
+    ModelNotFoundError
+        The file does not exist.
+    ModelError
+        The file is not an ONNX model, its graph does not follow the contract
+        or its card is incomplete.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    stat = path.stat()
+    return _load_model_info(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _load_model_info(path_str: str, size: int, mtime_ns: int) -> ModelInfo:
+    import onnxruntime as ort
+
+    path = Path(path_str)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path_str, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{path}: not a valid ONNX model ({first[:200]}); pass a .onnx file exported "
+            f"by the wsi-deepr exporter"
+        ) from exc
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise ModelError(f"{path}: model must have one input and one output, has "
+                         f"{len(inputs)} inputs and {len(outputs)} outputs")
+    inp, out = inputs[0], outputs[0]
+    if inp.type != "tensor(float)" or len(inp.shape) != 4:
+        raise ModelError(f"{path}: model input must be float32 [N, C, H, W], got {inp.type} {inp.shape}")
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    card = ModelCard.from_metadata(meta, path=path)
+    if isinstance(inp.shape[1], int) and inp.shape[1] != card.channels:
+        raise ModelError(f"{path}: model input has {inp.shape[1]} channels but its card says {card.channels}")
+    name = meta.get("name") or path.name.removesuffix(".onnx")
+    return ModelInfo(path, name, card, _sha256(path), inp.name, out.name)
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for installed models, in priority order."""
+    dirs = [Path(p).expanduser() for p in os.environ.get(ENV_MODEL_PATH, "").split(os.pathsep) if p]
+    dirs.append(Path(str(resources.files("wsi_deepr") / "models")))
+    return dirs
+
+
+def list_models() -> list[ModelInfo]:
+    """All installed models with valid cards (invalid files are logged and skipped)."""
+    found: list[ModelInfo] = []
+    seen: set[str] = set()
+    for folder in model_dirs():
+        if not folder.is_dir():
+            continue
+        for file in sorted(folder.glob("*.onnx")):
+            try:
+                info = load_model_info(file)
+            except ModelError as exc:
+                log.warning("skipping installed model %s: %s", file, exc)
+                continue
+            if info.name not in seen:
+                seen.add(info.name)
+                found.append(info)
+    return found
+
+
+def resolve_model(model: str | os.PathLike | None, *, modality: Modality) -> ModelInfo:
+    """Find the model to use: a path, an installed model's name, or the default.
+
+    Parameters
+    ----------
+    model : str, path or None
+        A ``.onnx`` path, the name of an installed model, or ``None`` for the
+        default model of ``modality``.
+    modality : Modality
+        The slide's modality (picks the default).
+    """
+    if model is not None:
+        text = os.fspath(model)
+        candidate = Path(text).expanduser()
+        if candidate.exists() or text.endswith(".onnx") or os.sep in text:
+            if candidate.is_dir():
+                raise ModelError(f"model path {candidate} is a directory; pass a .onnx file")
+            return load_model_info(candidate)
+        for info in list_models():
+            if info.name == text:
+                return info
+        names = ", ".join(i.name for i in list_models()) or "none installed"
+        raise ModelNotFoundError(
+            f"no model named {text!r} (installed: {names}); pass a .onnx path or see 'wsi-deepr models'"
+        )
+    candidates = [i for i in list_models() if i.card.modality is modality]
+    defaults = [i for i in candidates if i.card.default] or candidates
+    if not defaults:
+        raise ModelNotFoundError(
+            f"no default {modality.value} model is installed; pass --model PATH to a Deep-R "
+            f".onnx model (see 'wsi-deepr models'), or set ${ENV_MODEL_PATH} to a folder of models"
+        )
+    return defaults[0]
+
+
+def check_compatible(info: ModelInfo, *, n_channels: int, modality: Modality) -> None:
+    """Raise :class:`ModelMismatchError` unless ``info`` can run on such a slide.
+
+    A one-channel model runs on every channel of a multi-channel slide; any
+    other model needs exactly the slide's channel count.
+    """
+    if info.card.modality is not modality:
+        raise ModelMismatchError(
+            f"model {info.name} ({info.path}) is a {info.card.modality.value} model but the slide "
+            f"is {modality.value}; pick a {modality.value} model or override --modality"
+        )
+    if info.card.channels not in (1, n_channels):
+        raise ModelMismatchError(
+            f"model {info.name} ({info.path}) takes {info.card.channels} channels but the slide "
+            f"has {n_channels}; use a {n_channels}-channel or a 1-channel model"
+        )
