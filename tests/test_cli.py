@@ -1,0 +1,183 @@
+"""The CLI end to end, and every kind of bad input: exit 2, one line, no output file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from wsi_deepr.cli import main
+from wsi_deepr.testing import conv_model, default_card, save_model
+
+from .conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    rgb = save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx")
+    mono = save_model(conv_model(channels=1, depth=2, card=default_card(modality="fluorescence", channels=1,
+                                                                            normalization="percentile:1:99.8",
+                                                                            halo=4)), d / "mono.onnx")
+    return {"rgb": rgb, "mono": mono}
+
+
+@pytest.fixture
+def small_rgb(tmp_path):
+    """A small RGB OME-TIFF (sizes not multiples of the tile)."""
+    rng = np.random.default_rng(0)
+    data = (rng.random((700, 530, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "small.ome.tif"
+    tifffile.imwrite(path, data, photometric="rgb", tile=(256, 256),
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+    return path
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_refocus_writes_default_output_beside_input(capsys, small_rgb, models) -> None:
+    code, out, err = run(capsys, "refocus", small_rgb, "--model", models["rgb"], "--tile", "128", "-q")
+    assert code == 0, err
+    target = small_rgb.with_name("small.refocused.ome.tif")
+    assert target.exists()
+    with tifffile.TiffFile(target) as tif:
+        assert tif.is_ome
+        assert tif.series[0].shape == (700, 530, 3)
+    assert sorted(p.name for p in small_rgb.parent.iterdir()) == ["small.ome.tif", "small.refocused.ome.tif"]
+
+
+def test_info_and_models(capsys, models, monkeypatch) -> None:
+    svs = shared_path("slides", "CMU-1-Small-Region.svs")
+    code, out, _ = run(capsys, "info", svs)
+    assert code == 0
+    assert "2220 x 2967" in out and "brightfield" in out and "0.499" in out
+    monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(models["rgb"].parent))
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "rgb" in out and "mono" in out and "halo 4 px" in out
+
+
+def _bad_inputs(tmp_path, small_rgb):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image at all\n" * 20)
+    empty = tmp_path / "empty.svs"
+    empty.touch()
+    png = tmp_path / "picture.png"
+    import imagecodecs
+
+    png.write_bytes(imagecodecs.png_encode(np.zeros((8, 8, 3), np.uint8)))
+    cmu = shared_path("slides", "CMU-1-Small-Region.svs")
+    truncated = tmp_path / "truncated.svs"
+    truncated.write_bytes(cmu.read_bytes()[: int(cmu.stat().st_size * 0.4)])
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    return {
+        "missing": (tmp_path / "nope.svs", "not found|does not exist"),
+        "directory": (folder, "directory"),
+        "empty": (empty, "empty"),
+        "truncated": (truncated, "truncated|corrupt|damaged"),
+        "not-an-image": (text, "not an image|not a supported|unsupported|cannot read"),
+        "unsupported": (png, "PNG|unsupported|not a supported"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "truncated", "not-an-image", "unsupported"])
+def test_bad_slide(capsys, tmp_path, small_rgb, models, case) -> None:
+    path, pattern = _bad_inputs(tmp_path, small_rgb)[case]
+    out_path = tmp_path / "out.ome.tif"
+    code, out, err = run(capsys, "refocus", path, "-o", out_path, "--model", models["rgb"])
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(pattern, lines[0], re.I), lines[0]
+    assert str(path.name) in lines[0]
+    assert not out_path.exists()
+
+
+def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
+    out_path = tmp_path / "out.ome.tif"
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"\x00garbage" * 10)
+    cases = [
+        (["--model", not_onnx], "not a valid ONNX model"),
+        (["--model", models["mono"], "--modality", "brightfield"], "fluorescence model|channels"),
+        (["--model", models["rgb"], "--modality", "fluorescence"], "brightfield model"),
+        (["--model", models["rgb"], "-o", small_rgb], "is the input"),
+        (["--model", models["rgb"], "-o", tmp_path / "missing_dir" / "x.ome.tif"], "does not exist"),
+        (["--model", models["rgb"], "--tile", "20", "--halo", "8"], "raise --tile"),
+    ]
+    for extra, pattern in cases:
+        args = ["refocus", small_rgb, *extra]
+        if "-o" not in extra:
+            args += ["-o", out_path]
+        code, _, err = run(capsys, *args)
+        assert code == 2, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
+        import re
+
+        assert re.search(pattern, err), (pattern, err)
+        assert not out_path.exists()
+    before = small_rgb.read_bytes()
+    out_path.write_bytes(b"keep me")
+    code, _, err = run(capsys, "refocus", small_rgb, "-o", out_path, "--model", models["rgb"])
+    assert code == 2 and "--overwrite" in err
+    assert out_path.read_bytes() == b"keep me"
+    assert small_rgb.read_bytes() == before  # the input is never touched
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "not writable" in err
+
+
+def test_unwritable_output_dir_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
+    """Root bypasses permission bits, so simulate a read-only mount via os.access."""
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) else real_access(p, mode))
+    code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
+    assert code == 2 and "not writable" in err and str(locked) in err
+    assert not any(locked.iterdir())
+
+
+def test_verbose_shows_traceback(capsys, tmp_path, models) -> None:
+    code, _, err = run(capsys, "refocus", tmp_path / "nope.svs", "-v")
+    assert code == 2 and "Traceback" in err
+
+
+def test_cli_and_refocus_path_never_import_torch(tmp_path) -> None:
+    code = (
+        "import sys, wsi_deepr.cli, wsi_deepr.api, wsi_deepr.pipeline, wsi_deepr.io, wsi_deepr.model;"
+        "from wsi_deepr.cli import main;"
+        "main(['--help']);"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_console_script_installed() -> None:
+    exe = shutil.which("wsi-deepr")
+    if exe is None:
+        pytest.skip("package not installed with its console script")
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "wsi-deepr" in proc.stdout

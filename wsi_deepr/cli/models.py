@@ -1,0 +1,38 @@
+"""``wsi-deepr models``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import configure_logging, handle_errors, verbosity_options
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@verbosity_options
+@handle_errors
+def models(as_json: bool, verbose: int, quiet: bool) -> None:
+    """List the installed Deep-R models and their model cards."""
+    configure_logging(verbose, quiet)
+    from ..model import ENV_MODEL_PATH, list_models, model_dirs
+
+    found = list_models()
+    if as_json:
+        click.echo(json.dumps([m.as_dict() for m in found], indent=2))
+        return
+    if not found:
+        dirs = ", ".join(str(d) for d in model_dirs())
+        click.echo(f"No models installed (searched: {dirs}). Put .onnx models in a folder listed in "
+                   f"${ENV_MODEL_PATH}, or pass --model PATH to 'wsi-deepr refocus'.")
+        return
+    for m in found:
+        c = m.card
+        flag = " (default)" if c.default else ""
+        rng = f"{c.defocus_range_um[0]:g}..{c.defocus_range_um[1]:g} um" if c.defocus_range_um else "unknown"
+        click.echo(f"{m.name}{flag}")
+        click.echo(f"  {c.modality.value}, {c.channels} channel(s), trained at {c.mpp or 'unknown'} um/px, "
+                   f"defocus {rng}, halo {c.halo} px, normalization {c.normalization}, version {c.version}")
+        click.echo(f"  {c.description}")
+        click.echo(f"  {m.path}  sha256 {m.sha256[:16]}...")

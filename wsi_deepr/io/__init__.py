@@ -1,0 +1,8 @@
+"""Slide readers: :func:`open_slide` picks the OpenSlide or tifffile backend."""
+
+from __future__ import annotations
+
+from .open import open_slide
+from .slide import Modality, RegionReader, Slide, level_array
+
+__all__ = ["Modality", "RegionReader", "Slide", "level_array", "open_slide"]
