@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[8192], help="synthetic slide sizes (throughput)")
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[4096, 16384],
                         help="synthetic sizes for the RSS scaling check (tiny conv model)")
-    parser.add_argument("--svs", type=Path, default=CMU, help="a real slide to include")
+    parser.add_argument("--svs", default=str(CMU), help="a real slide to include ('' for none)")
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--halo", type=int, default=None)
     parser.add_argument("--overlap", type=int, default=None)
@@ -197,8 +197,8 @@ def main() -> None:
         if model is None:
             model = save_model(unet_model(width=args.unet_width, card=default_card(halo=32)), tmp / "unet.onnx")
         slides = [make_synthetic_slide(tmp / f"synthetic_{n}.ome.tif", n) for n in args.sizes]
-        if args.svs and args.svs.exists():
-            slides.append(args.svs)
+        if args.svs and Path(args.svs).is_file():
+            slides.append(Path(args.svs))
         print(f"model {model.name}; tile {args.tile}; {os.cpu_count()} CPUs", flush=True)
         print(f"{'slide':28} {'windows':>7} {'tiles512':>8} {'e2e win/s':>9} {'raw win/s':>9} "
               f"{'ratio':>6} {'peak RSS MiB':>12} {'seconds':>8}")

@@ -113,7 +113,7 @@ def plan_refocus(
     return RefocusPlan(
         reader=slide.reader, level=0, grid=grid, n_channels=c, spec=spec,
         model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
-        skip=grid.check_mask(skip), batch=batch, chunk=512,
+        skip=grid.check_mask(skip), batch=batch,
     )
 
 
@@ -209,7 +209,7 @@ def refocus(
     try:
         group = zarr.open_group(str(scratch), mode="w")
         base = group.create_array(
-            "0", shape=plan.shape, chunks=(plan.chunk, plan.chunk, plan.n_channels),
+            "0", shape=plan.shape, chunks=plan.chunks,
             dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
         )
         done_count = 0

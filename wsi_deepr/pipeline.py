@@ -1,17 +1,30 @@
 """The thin Dask layer: a task graph of :mod:`wsi_deepr.compute` calls.
 
-Two layers of tasks:
+The output is cut into *blocks* that follow the window grid: block ``(b, g)``
+spans window row ``b`` (``stride`` rows) and window group ``g`` (``batch``
+windows, ``batch * stride`` columns).  The tasks:
 
-* ``deepr-infer-*``: one task per run of ``batch`` adjacent windows of a grid
-  row (:func:`~wsi_deepr.compute.infer_windows`); every window runs exactly
-  once.
-* ``deepr-out-*``: one task per output block of the ``chunk`` grid, summing
-  the canvases that touch it (:func:`~wsi_deepr.compute.assemble`).
+* ``deepr-infer-*``: one per group of ``batch`` adjacent windows of a grid row
+  (:func:`~wsi_deepr.compute.infer_windows`); every window runs exactly once.
+  Its canvas is split into the block it owns and three thin tails (the
+  ``overlap`` rows below, the columns to the right, the corner) that belong
+  to the neighbouring blocks.
+* ``deepr-merge-*``: one per block: sums the block's own part of its canvas
+  with the tails of the blocks above and to the left
+  (:func:`~wsi_deepr.compute.assemble`), and hands its own tails on.  A
+  canvas is freed as soon as its block is merged; the merged blocks of one
+  row (small: the block plus thin tails) wait for the next row.
+* ``deepr-out-*``: the block alone (the chunks of the Dask array).
+* ordering: inference of group ``(b, g)`` waits until output block
+  ``(b - 1, g + 1)`` is assembled.  Without that, Dask's static ordering may
+  start windows all over the slide and hold their canvases; with it the work
+  moves down the slide as a diagonal wavefront, one row deep, with enough
+  ready tasks for every worker and no stall at row ends.
 
+Memory therefore does not grow with the slide's area.
 :func:`refocus_dask` returns the output as a lazy ``dask.array``;
-:func:`store_to_zarr` writes it block by block into a zarr array (each block
-written as soon as it is computed, so memory does not grow with slide size),
-skipping blocks that are already there.
+:func:`store_to_zarr` writes it block by block into a zarr array, skipping
+blocks that are already there.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compute import assemble, infer_windows
+from .compute import Canvas, assemble, infer_windows
 from .geometry import TileGrid
 from .inference import SessionSpec
 from .io.slide import RegionReader
@@ -32,6 +45,9 @@ from .normalization import NormStats
 __all__ = ["RefocusPlan", "refocus_dask", "store_to_zarr"]
 
 log = logging.getLogger(__name__)
+
+#: how many output rows inference may run ahead of the assembled output
+LOOKAHEAD_ROWS = 1
 
 
 @dataclass(frozen=True)
@@ -60,8 +76,6 @@ class RefocusPlan:
         Boolean ``grid.grid_shape`` mask of windows passed through unchanged.
     batch : int
         Windows per inference task (ONNX Runtime batch size).
-    chunk : int
-        Output block size (the output file's tile size).
     """
 
     reader: RegionReader
@@ -74,7 +88,6 @@ class RefocusPlan:
     dtype: np.dtype | None
     skip: np.ndarray | None = None
     batch: int = 4
-    chunk: int = 512
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -83,66 +96,135 @@ class RefocusPlan:
 
     @property
     def block_grid(self) -> tuple[int, int]:
-        """Number of output blocks along Y and X."""
+        """Number of output blocks along Y (window rows) and X (window groups)."""
+        ny, nx = self.grid.grid_shape
+        return ny, -(-nx // self.batch)
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        """Chunk shape for a zarr target: the size of an interior block."""
+        s = self.grid.y.stride
         h, w = self.grid.shape
-        return -(-h // self.chunk), -(-w // self.chunk)
+        return min(s, h), min(s * self.batch, w), self.n_channels
+
+    def _cuts(self, axis_len: int, step: int, n: int, i: int) -> tuple[int, int]:
+        return i * step, (axis_len if i == n - 1 else (i + 1) * step)
 
     def block_box(self, by: int, bx: int) -> tuple[int, int, int, int]:
-        """``(y0, x0, y1, x1)`` of output block ``(by, bx)``."""
+        """``(y0, x0, y1, x1)`` of output block ``(by, bx)``.
+
+        Interior blocks are one stride tall and ``batch`` strides wide; the
+        last row and column run to the image edge.
+        """
+        nby, nbx = self.block_grid
         h, w = self.grid.shape
-        y0, x0 = by * self.chunk, bx * self.chunk
-        return y0, x0, min(y0 + self.chunk, h), min(x0 + self.chunk, w)
+        y0, y1 = self._cuts(h, self.grid.y.stride, nby, by)
+        x0, x1 = self._cuts(w, self.grid.x.stride * self.batch, nbx, bx)
+        return y0, x0, y1, x1
+
+    def block_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int]]:
+        """Dask ``chunks`` of the output: one chunk per block."""
+        nby, nbx = self.block_grid
+        ys = tuple(self.block_box(b, 0)[2] - self.block_box(b, 0)[0] for b in range(nby))
+        xs = tuple(self.block_box(0, g)[3] - self.block_box(0, g)[1] for g in range(nbx))
+        return ys, xs, (self.n_channels,)
+
+
+def _split(canvas: Canvas, box: tuple[int, int, int, int]) -> dict[str, Canvas]:
+    """Split a canvas into its own block ``box`` and the tails beyond it.
+
+    The tails are copied so that the big canvas can be freed once its own
+    block is assembled.
+    """
+    y0, x0, y1, x1 = canvas.box
+    by1, bx1 = box[2], box[3]
+    hy, hx = by1 - y0, bx1 - x0
+    parts = {"main": Canvas((y0, x0, by1, bx1), canvas.data[:hy, :hx])}
+    if y1 > by1:
+        parts["bottom"] = Canvas((by1, x0, y1, bx1), canvas.data[hy:, :hx].copy())
+    if x1 > bx1:
+        parts["right"] = Canvas((y0, bx1, by1, x1), canvas.data[:hy, hx:].copy())
+    if y1 > by1 and x1 > bx1:
+        parts["corner"] = Canvas((by1, bx1, y1, x1), canvas.data[hy:, hx:].copy())
+    return parts
 
 
 def _graph(plan: RefocusPlan, token: str, blocks: list[tuple[int, int]]):
-    """Build the task dict for ``blocks``; return ``(dsk, block_keys)``."""
-    infer_name, out_name = f"deepr-infer-{token}", f"deepr-out-{token}"
+    """Build the task dict for ``blocks``; return ``(dsk, block_keys, name)``."""
+    infer_name, merge_name = f"deepr-infer-{token}", f"deepr-merge-{token}"
+    out_name = f"deepr-out-{token}"
     grid, skip = plan.grid, plan.grid.check_mask(plan.skip)
-    ny, nx = grid.grid_shape
-    groups = [(g, ix, min(ix + plan.batch, nx)) for g, ix in enumerate(range(0, nx, plan.batch))]
+    nx = grid.grid_shape[1]
+    nbx = plan.block_grid[1]
+    wanted = set(blocks)
     dsk: dict = {}
 
-    def infer_key(iy: int, ix: int):
-        g = ix // plan.batch
-        key = (infer_name, iy, g)
+    def infer(by: int, bx: int):
+        key = (infer_name, by, bx)
         if key not in dsk:
-            _, a, b = groups[g]
-            row_skip = tuple(bool(v) for v in skip[iy, a:b])
+            a, b = bx * plan.batch, min((bx + 1) * plan.batch, nx)
+            row_skip = tuple(bool(v) for v in skip[by, a:b])
             spec = None if all(row_skip) else plan.spec
+            wait = (by - 1, min(bx + 1, nbx - 1))
             dsk[key] = (
-                _infer_task, plan.reader, plan.level, grid, iy, a, b, spec, plan.stats,
-                plan.model_channels, row_skip,
+                _infer_task, plan.reader, plan.level, grid, by, a, b, spec, plan.stats,
+                plan.model_channels, row_skip, (merge_name, *wait) if wait in wanted else None,
             )
+        return key
+
+    def merge(by: int, bx: int):
+        """Key of ``(block or None, tails)`` for block ``(by, bx)``."""
+        key = (merge_name, by, bx)
+        if key in dsk or by < 0 or bx < 0:
+            return key if key in dsk else None
+        box = plan.block_box(by, bx)
+        if (by, bx) in wanted:
+            dsk[key] = (
+                _merge_task, box, infer(by, bx), merge(by - 1, bx), merge(by, bx - 1),
+                merge(by - 1, bx - 1), plan.stats, plan.dtype, plan.n_channels,
+            )
+        else:  # a finished block: only its tails are needed by its neighbours
+            dsk[key] = (_tails_task, box, infer(by, bx))
         return key
 
     keys = []
     for by, bx in blocks:
-        box = plan.block_box(by, bx)
-        needed = []
-        for iy in grid.y.windows_touching(box[0], box[2]):
-            for ix in grid.x.windows_touching(box[1], box[3]):
-                k = infer_key(iy, ix)
-                if k not in needed:
-                    needed.append(k)
         key = (out_name, by, bx, 0)
-        dsk[key] = (_assemble_task, box, needed, plan.stats, plan.dtype, plan.n_channels)
+        dsk[key] = (_block_of, merge(by, bx))
         keys.append(key)
     return dsk, keys, out_name
 
 
-def _infer_task(reader, level, grid, iy, a, b, spec, stats, model_channels, skip):
+def _infer_task(reader, level, grid, iy, a, b, spec, stats, model_channels, skip, _after=None):
     return infer_windows(reader, level, grid, iy, a, b, spec=spec, stats=stats,
                          model_channels=model_channels, skip=skip)
 
 
-def _assemble_task(box, canvases, stats, dtype, n_channels):
-    return assemble(box, canvases, stats=stats, dtype=dtype, n_channels=n_channels)
+def _tails_task(box, canvas):
+    parts = _split(canvas, box)
+    parts.pop("main")
+    return None, parts
+
+
+def _merge_task(box, canvas, up, left, upleft, stats, dtype, n_channels):
+    parts = _split(canvas, box)
+    sources = [parts.pop("main")]
+    for neighbour, which in ((up, "bottom"), (left, "right"), (upleft, "corner")):
+        if neighbour is not None and which in neighbour[1]:
+            sources.append(neighbour[1][which])
+    block = assemble(box, sources, stats=stats, dtype=dtype, n_channels=n_channels)
+    return block, parts
+
+
+def _block_of(merged):
+    return merged[0]
 
 
 def refocus_dask(plan: RefocusPlan):
     """The refocused level as a lazy ``dask.array`` of shape ``(Y, X, C)``.
 
-    Chunks are ``plan.chunk`` square; each window is inferred once.
+    One chunk per output block (see :meth:`RefocusPlan.block_box`); each
+    window is inferred once.
     """
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
@@ -151,14 +233,8 @@ def refocus_dask(plan: RefocusPlan):
     blocks = [(by, bx) for by in range(nby) for bx in range(nbx)]
     token = uuid.uuid4().hex[:12]
     dsk, _, name = _graph(plan, token, blocks)
-    h, w, c = plan.shape
-    chunks = (
-        tuple(min(plan.chunk, h - i) for i in range(0, h, plan.chunk)),
-        tuple(min(plan.chunk, w - i) for i in range(0, w, plan.chunk)),
-        (c,),
-    )
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks, dtype=plan.dtype or np.float32)
+    return da.Array(graph, name, plan.block_chunks(), dtype=plan.dtype or np.float32)
 
 
 def _store_task(target, box, block):
@@ -183,7 +259,8 @@ def store_to_zarr(
     plan : RefocusPlan
         What to compute.
     target : zarr.Array
-        ``(Y, X, C)`` array with ``plan.chunk`` chunks, of ``plan.dtype``.
+        ``(Y, X, C)`` array of ``plan.dtype`` with ``plan.chunks`` chunks, so
+        that no two blocks write into the same chunk.
     done : callable, optional
         ``done(by, bx) -> bool``; blocks for which it is true are not computed
         (resume after an interruption).

@@ -59,8 +59,8 @@ def _check_path(path: str | os.PathLike[str]) -> Path:
         hint = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
         raise SlideNotFoundError(f"{p}: file not found{hint}; check the slide path")
     if p.is_dir():
-        mrxs = p.with_suffix(".mrxs")
-        hint = f"pass {mrxs} instead" if mrxs.is_file() else (
+        mrxs = p.resolve().with_suffix(".mrxs") if p.resolve().name else None
+        hint = f"pass {mrxs} instead" if mrxs and mrxs.is_file() else (
             "for MIRAX pass the .mrxs file that sits next to this folder")
         raise SlideNotFoundError(f"{p}: is a directory, not a slide file; {hint}")
     if not p.is_file():
