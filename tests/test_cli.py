@@ -181,3 +181,22 @@ def test_console_script_installed() -> None:
         pytest.skip("package not installed with its console script")
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "wsi-deepr" in proc.stdout
+
+
+@pytest.mark.slow
+def test_distributed_scheduler_prints_dashboard_and_matches_local(capsys, tmp_path, small_rgb, models) -> None:
+    from distributed import LocalCluster
+
+    local = tmp_path / "local.ome.tif"
+    remote = tmp_path / "remote.ome.tif"
+    code, _, err = run(capsys, "refocus", small_rgb, "-o", local, "--model", models["rgb"], "--tile", "128", "-q")
+    assert code == 0, err
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                      scheduler_port=0) as cluster:
+        code, _, err = run(capsys, "refocus", small_rgb, "-o", remote, "--model", models["rgb"], "--tile", "128",
+                           "--scheduler", cluster.scheduler_address)
+    assert code == 0, err
+    assert "Dask dashboard: http://127.0.0.1:" in err
+    a = tifffile.imread(local, series=0, level=0)
+    b = tifffile.imread(remote, series=0, level=0)
+    np.testing.assert_array_equal(a, b)

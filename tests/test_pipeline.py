@@ -19,6 +19,7 @@ from wsi_deepr.geometry import TileGrid
 from wsi_deepr.inference import SessionSpec, get_session
 from wsi_deepr.normalization import NormStats, compute_stats
 from wsi_deepr.pipeline import RefocusPlan, refocus_dask, store_to_zarr
+from wsi_deepr.pyramid import downsample2
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 DEPTH = 3  # receptive-field radius of the oracle model
@@ -148,10 +149,13 @@ def test_store_to_zarr_matches_dask_array_and_resumes(rgb_spec, tmp_path) -> Non
     nby, nbx = plan.block_grid
     assert (nby, nbx) == (3, 2)  # stride 50: 3 window rows; 4 window columns in groups of 2
     target = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=plan.chunks, dtype="uint8")
+    assert plan.even_blocks
+    half = zarr.create_array(str(tmp_path / "h.zarr"), shape=(75, 95, 3), chunks=(25, 50, 3), dtype="uint8")
     ticks = []
-    n = store_to_zarr(plan, target, progress=ticks.append, num_workers=2)
+    n = store_to_zarr(plan, target, half=half, progress=ticks.append, num_workers=2)
     assert n == len(ticks) == nby * nbx
     np.testing.assert_array_equal(target[:], expected)
+    np.testing.assert_array_equal(half[:], downsample2(expected))  # per block == whole level
     # blocks reported done are not recomputed (but windows they share are)
     target2 = zarr.create_array(str(tmp_path / "b.zarr"), shape=image.shape, chunks=plan.chunks, dtype="uint8",
                                 fill_value=7)

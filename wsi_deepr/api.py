@@ -179,7 +179,7 @@ def refocus(
     RefocusResult
     """
     from .io.ometiff import write_ome_tiff
-    from .pyramid import build_pyramid
+    from .pyramid import build_pyramid, pyramid_shapes
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -220,8 +220,18 @@ def refocus(
             if progress is not None:
                 progress(done_count, total)
 
+        half = None
+        shapes = pyramid_shapes(plan.shape[:2])
+        if len(shapes) > 1 and plan.even_blocks:
+            cy, cx, cc = plan.chunks
+            half = group.create_array(
+                "1", shape=(*shapes[1], plan.n_channels), chunks=(cy // 2, cx // 2, cc),
+                dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
+            )
         t1 = time.perf_counter()
-        store_to_zarr(plan, base, scheduler=scheduler, num_workers=workers, progress=on_block)
+        store_to_zarr(plan, base, half=half, scheduler=scheduler, num_workers=workers, progress=on_block)
+        if half is not None:
+            half.attrs["complete"] = True
         timings["refocus"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()

@@ -41,6 +41,7 @@ from .geometry import TileGrid
 from .inference import SessionSpec
 from .io.slide import RegionReader
 from .normalization import NormStats
+from .pyramid import downsample2
 
 __all__ = ["RefocusPlan", "refocus_dask", "store_to_zarr"]
 
@@ -121,6 +122,11 @@ class RefocusPlan:
         y0, y1 = self._cuts(h, self.grid.y.stride, nby, by)
         x0, x1 = self._cuts(w, self.grid.x.stride * self.batch, nbx, bx)
         return y0, x0, y1, x1
+
+    @property
+    def even_blocks(self) -> bool:
+        """Whether every block starts on even coordinates (2× pyramid per block)."""
+        return self.grid.y.stride % 2 == 0 and (self.grid.x.stride * self.batch) % 2 == 0
 
     def block_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int]]:
         """Dask ``chunks`` of the output: one chunk per block."""
@@ -237,9 +243,12 @@ def refocus_dask(plan: RefocusPlan):
     return da.Array(graph, name, plan.block_chunks(), dtype=plan.dtype or np.float32)
 
 
-def _store_task(target, box, block):
+def _store_task(target, half, box, block):
     y0, x0, y1, x1 = box
     target[y0:y1, x0:x1, :] = block
+    if half is not None:
+        small = downsample2(block)
+        half[y0 // 2:y0 // 2 + small.shape[0], x0 // 2:x0 // 2 + small.shape[1], :] = small
     return (y1 - y0) * (x1 - x0)
 
 
@@ -247,6 +256,7 @@ def store_to_zarr(
     plan: RefocusPlan,
     target,
     *,
+    half: object | None = None,
     done: Callable[[int, int], bool] | None = None,
     scheduler: str | object = "threads",
     num_workers: int | None = None,
@@ -261,6 +271,11 @@ def store_to_zarr(
     target : zarr.Array
         ``(Y, X, C)`` array of ``plan.dtype`` with ``plan.chunks`` chunks, so
         that no two blocks write into the same chunk.
+    half : zarr.Array, optional
+        Pyramid level 1 (``ceil(Y/2), ceil(X/2), C``, chunks half of
+        ``plan.chunks``), filled with each block's 2×2 mean as the block is
+        stored, so the largest pyramid step costs no extra pass over the slide.
+        Needs even block origins (:attr:`RefocusPlan.even_blocks`).
     done : callable, optional
         ``done(by, bx) -> bool``; blocks for which it is true are not computed
         (resume after an interruption).
@@ -277,6 +292,11 @@ def store_to_zarr(
     int
         Number of blocks computed (skipped blocks not counted).
     """
+    if half is not None and not plan.even_blocks:
+        raise ValueError(
+            f"half-resolution output needs even block origins, but the stride is {plan.grid.y.stride}; "
+            f"build level 1 afterwards with wsi_deepr.pyramid.build_pyramid"
+        )
     nby, nbx = plan.block_grid
     blocks = [(by, bx) for by in range(nby) for bx in range(nbx) if not (done and done(by, bx))]
     if not blocks:
@@ -287,7 +307,7 @@ def store_to_zarr(
     store_keys = []
     for (by, bx), key in zip(blocks, out_keys, strict=True):
         skey = (store_name, by, bx)
-        dsk[skey] = (_store_task, target, plan.block_box(by, bx), key)
+        dsk[skey] = (_store_task, target, half, plan.block_box(by, bx), key)
         store_keys.append(skey)
 
     if hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"):
