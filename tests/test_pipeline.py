@@ -154,6 +154,7 @@ def test_store_to_zarr_matches_dask_array_and_resumes(rgb_spec, tmp_path) -> Non
     ticks = []
     n = store_to_zarr(plan, target, half=half, progress=ticks.append, num_workers=2)
     assert n == len(ticks) == nby * nbx
+    assert sum(ticks) == plan.grid.n_windows
     np.testing.assert_array_equal(target[:], expected)
     np.testing.assert_array_equal(half[:], downsample2(expected))  # per block == whole level
     # blocks reported done are not recomputed (but windows they share are)

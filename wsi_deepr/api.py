@@ -172,7 +172,8 @@ def refocus(
     skip : numpy.ndarray, optional
         Boolean window-grid mask of windows to pass through unchanged.
     progress : callable, optional
-        ``progress(done, total)`` in output tiles, called as tiles are written.
+        ``progress(done, total)`` in model windows (tiles), called as their
+        output is written.
 
     Returns
     -------
@@ -205,7 +206,7 @@ def refocus(
     if scratch.exists():
         shutil.rmtree(scratch)
     nby, nbx = plan.block_grid
-    total = nby * nbx
+    total = plan.grid.n_windows
     try:
         group = zarr.open_group(str(scratch), mode="w")
         base = group.create_array(
@@ -275,6 +276,6 @@ def refocus(
     log.info("wrote %s in %.1f s", out, timings["total"])
     return RefocusResult(
         output=out, model=info.name, model_sha256=info.sha256, provider=provider,
-        windows=plan.grid.n_windows, blocks=total, stats=plan.stats, seconds=timings,
+        windows=plan.grid.n_windows, blocks=nby * nbx, stats=plan.stats, seconds=timings,
         parameters=parameters,
     )

@@ -123,6 +123,11 @@ class RefocusPlan:
         x0, x1 = self._cuts(w, self.grid.x.stride * self.batch, nbx, bx)
         return y0, x0, y1, x1
 
+    def windows_in_block(self, by: int, bx: int) -> int:
+        """Number of model windows whose output block is ``(by, bx)``."""
+        nx = self.grid.grid_shape[1]
+        return min((bx + 1) * self.batch, nx) - bx * self.batch
+
     @property
     def even_blocks(self) -> bool:
         """Whether every block starts on even coordinates (2× pyramid per block)."""
@@ -285,7 +290,9 @@ def store_to_zarr(
     num_workers : int, optional
         Threads of the local threaded scheduler.
     progress : callable, optional
-        Called with ``1`` after each block is written.
+        Called with the number of windows of each block once it is written
+        (blocks and window groups correspond one to one), so the calls add
+        up to ``plan.grid.n_windows`` for a full run.
 
     Returns
     -------
@@ -311,20 +318,20 @@ def store_to_zarr(
         store_keys.append(skey)
 
     if hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"):
-        _run_distributed(scheduler, dsk, store_keys, progress)
+        _run_distributed(scheduler, dsk, store_keys, progress, plan.windows_in_block)
     else:
-        _run_local(dsk, store_keys, scheduler, num_workers, store_name, progress)
+        _run_local(dsk, store_keys, scheduler, num_workers, store_name, progress, plan.windows_in_block)
     return len(blocks)
 
 
-def _run_local(dsk, keys, scheduler, num_workers, store_name, progress) -> None:
+def _run_local(dsk, keys, scheduler, num_workers, store_name, progress, windows) -> None:
     import dask
     from dask.callbacks import Callback
 
     class _Progress(Callback):
         def _posttask(self, key, result, dsk, state, worker_id):  # noqa: D401
             if progress is not None and isinstance(key, tuple) and key[0] == store_name:
-                progress(1)
+                progress(windows(key[1], key[2]))
 
     get = dask.get if scheduler in ("sync", "synchronous", "single-threaded") else None
     with _Progress():
@@ -336,11 +343,12 @@ def _run_local(dsk, keys, scheduler, num_workers, store_name, progress) -> None:
             threaded_get(dsk, keys, num_workers=num_workers)
 
 
-def _run_distributed(client, dsk, keys, progress) -> None:
+def _run_distributed(client, dsk, keys, progress, windows) -> None:
     from distributed import as_completed
 
     futures = client.get(dsk, keys, sync=False)
+    block_of = {f.key: (k[1], k[2]) for f, k in zip(futures, keys, strict=True)}
     for future in as_completed(futures):
         future.result()  # re-raise the first task error here
         if progress is not None:
-            progress(1)
+            progress(windows(*block_of[future.key]))
