@@ -164,15 +164,22 @@ def test_verbose_shows_traceback(capsys, tmp_path, models) -> None:
     assert code == 2 and "Traceback" in err
 
 
-def test_cli_and_refocus_path_never_import_torch(tmp_path) -> None:
+def test_cli_and_refocus_path_never_import_torch(tmp_path, small_rgb, models) -> None:
+    """Run a real refocus through the CLI in a fresh interpreter: torch never loads."""
+    out = tmp_path / "out.ome.tif"
     code = (
-        "import sys, wsi_deepr.cli, wsi_deepr.api, wsi_deepr.pipeline, wsi_deepr.io, wsi_deepr.model;"
-        "from wsi_deepr.cli import main;"
-        "main(['--help']);"
-        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+        "import sys\n"
+        "from wsi_deepr.cli import main\n"
+        f"rc = main(['refocus', {str(small_rgb)!r}, '-o', {str(out)!r}, '--model', {str(models['rgb'])!r},"
+        " '--tile', '128', '-q'])\n"
+        "assert rc == 0, rc\n"
+        "import wsi_deepr.api, wsi_deepr.pipeline, wsi_deepr.io, wsi_deepr.model, wsi_deepr.compute\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not bad, bad\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+    assert out.exists()
 
 
 def test_console_script_installed() -> None:

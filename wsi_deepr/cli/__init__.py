@@ -17,6 +17,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("refocus", "refocus"),
     ("info", "info"),
     ("models", "models"),
+    ("simulate", "simulate"),
+    ("dataset", "dataset"),
 )
 
 

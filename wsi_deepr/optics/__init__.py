@@ -1,0 +1,33 @@
+"""Physics of defocus: PSF/OTF, uniform and tilted defocus, domain randomisation.
+
+Pure numpy/scipy, no torch: the training-data builders and the evaluation side
+of inference share it.
+"""
+
+from __future__ import annotations
+
+from .defocus import TiltedPlane, defocus, defocus_tilted, iter_defocused_strips
+from .psf import OpticalSetting, otf, psf, psf_fwhm_um, psf_radius_px, pupil_energy
+from .randomize import (
+    BRIGHTFIELD_WAVELENGTHS_UM,
+    RandomizationRanges,
+    Realisation,
+    sample_realisation,
+)
+
+__all__ = [
+    "BRIGHTFIELD_WAVELENGTHS_UM",
+    "OpticalSetting",
+    "RandomizationRanges",
+    "Realisation",
+    "TiltedPlane",
+    "defocus",
+    "defocus_tilted",
+    "iter_defocused_strips",
+    "otf",
+    "psf",
+    "psf_fwhm_um",
+    "psf_radius_px",
+    "pupil_energy",
+    "sample_realisation",
+]
