@@ -122,7 +122,10 @@ def raw_onnx_rate(model: str, slide_path: str, n_windows: int, batch: int, tile:
 def run_one(args: argparse.Namespace) -> None:
     """Child process: one end-to-end run, then the raw baseline; print JSON."""
     from wsi_deepr import open_slide, refocus
+    from wsi_deepr.cli.common import limit_malloc_arenas
     from wsi_deepr.model import load_model_info
+
+    limit_malloc_arenas()  # as the CLI does
 
     info = load_model_info(args.model)
     halo = info.card.halo if args.halo is None else args.halo
@@ -175,7 +178,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--halo", type=int, default=None)
     parser.add_argument("--overlap", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--raw-windows", type=int, default=48)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))

@@ -178,3 +178,16 @@ def test_infer_windows_batch_matches_single_windows(rgb_spec) -> None:
         y0, x0, y1, x1 = part.box
         acc[:, x0 - whole.box[1]:x1 - whole.box[1]] += part.data
     np.testing.assert_allclose(acc, whole.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("spec", ["zscore", "percentile:1:99.8", "percentile:0:100", "percentile:37.5:50"])
+def test_integer_statistics_match_numpy(dtype, spec) -> None:
+    rng = np.random.default_rng(7)
+    top = np.iinfo(dtype).max
+    pixels = rng.integers(0, top, (10_001, 3), endpoint=True).astype(dtype)
+    pixels[:, 2] = (pixels[:, 2] // 50) * 50  # gaps in the histogram
+    fast = compute_stats(spec, pixels, dtype=dtype)
+    slow = compute_stats(spec, pixels.astype(np.float64), dtype=np.float64)
+    np.testing.assert_allclose(fast.offset, slow.offset, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(fast.scale, slow.scale, rtol=1e-12, atol=1e-9)

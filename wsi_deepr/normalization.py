@@ -117,13 +117,15 @@ def compute_stats(spec: str, pixels: np.ndarray, *, dtype: np.dtype, source: str
         dt = np.dtype(dtype)
         top = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
         return NormStats(spec, (0.0,) * n_channels, (top,) * n_channels, source)
-    data = pixels.astype(np.float64)
-    if method == "zscore":
-        offset = data.mean(axis=0)
-        scale = data.std(axis=0)
+    if pixels.dtype.kind in "ub" and pixels.dtype.itemsize <= 2 and pixels.size:
+        offset, scale = _integer_stats(method, params, pixels)
     else:
-        low, high = np.percentile(data, params, axis=0)
-        offset, scale = low, high - low
+        data = pixels.astype(np.float64)
+        if method == "zscore":
+            offset, scale = data.mean(axis=0), data.std(axis=0)
+        else:
+            low, high = np.percentile(data, params, axis=0)
+            offset, scale = low, high - low
     flat = scale < _EPS
     if np.any(flat):
         log.warning(
@@ -137,6 +139,36 @@ def compute_stats(spec: str, pixels: np.ndarray, *, dtype: np.dtype, source: str
         tuple(float(v) for v in scale),
         source,
     )
+
+
+def _integer_stats(method: str, params: tuple[float, ...], pixels: np.ndarray):
+    """Exact mean/std or percentiles of 8/16-bit pixels from per-channel histograms.
+
+    Same numbers as ``numpy.mean``/``std``/``percentile`` (linear
+    interpolation) on the float data, without a float copy of the sample.
+    """
+    offsets, scales = [], []
+    values = None
+    for c in range(pixels.shape[1]):
+        counts = np.bincount(pixels[:, c].astype(np.intp, copy=False))
+        values = np.arange(counts.size, dtype=np.float64)
+        n = counts.sum()
+        if method == "zscore":
+            mean = (values * counts).sum() / n
+            offsets.append(mean)
+            scales.append(np.sqrt(((values - mean) ** 2 * counts).sum() / n))
+        else:
+            cum = np.cumsum(counts)
+            qs = []
+            for p in params:
+                h = (n - 1) * p / 100.0
+                lo, hi = int(np.floor(h)), int(np.ceil(h))
+                v_lo = np.searchsorted(cum, lo, side="right")
+                v_hi = np.searchsorted(cum, hi, side="right")
+                qs.append(v_lo + (h - lo) * (v_hi - v_lo))
+            offsets.append(qs[0])
+            scales.append(qs[1] - qs[0])
+    return np.asarray(offsets, dtype=np.float64), np.asarray(scales, dtype=np.float64)
 
 
 def stats_sample(levels_shapes, read, *, min_side: int = 512, max_pixels: int = 4_194_304,

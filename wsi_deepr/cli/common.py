@@ -35,6 +35,25 @@ def configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for this process (no-op elsewhere).
+
+    Many threads allocating tile-sized arrays make glibc open one arena per
+    thread and keep freed memory in each, so RSS creeps up with slide size
+    although live data does not.  Only the CLI calls this (a process-wide
+    setting, like logging); API users can set ``MALLOC_ARENA_MAX=2``.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, int(arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        log.debug("mallopt not available; malloc arenas not capped")
+
+
 def handle_errors(func: Callable) -> Callable:
     """Turn wsi-deepr errors into one line on stderr and exit status 2.
 

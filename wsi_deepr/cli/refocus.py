@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from .common import configure_logging, handle_errors, limit_malloc_arenas, verbosity_options
 
 
 @click.command()
@@ -25,8 +25,8 @@ from .common import configure_logging, handle_errors, verbosity_options
               help="Context pixels cropped from each window side [default: from the model card].")
 @click.option("--overlap", type=click.IntRange(min=0), default=None,
               help="Feathered overlap between windows [default: the halo].")
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Windows per ONNX Runtime call.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA].")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Parallel inference tasks on this machine [default: CPU count].")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -37,10 +37,11 @@ from .common import configure_logging, handle_errors, verbosity_options
 @verbosity_options
 @handle_errors
 def refocus(slide: Path, output: Path | None, model: str | None, modality: str, device: str, tile: int,
-            halo: int | None, overlap: int | None, batch: int, workers: int | None, scheduler: str | None,
+            halo: int | None, overlap: int | None, batch: int | None, workers: int | None, scheduler: str | None,
             jpeg_quality: int, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Refocus SLIDE into a pyramidal OME-TIFF."""
     configure_logging(verbose, quiet)
+    limit_malloc_arenas()
     from ..api import refocus as run_refocus
 
     client = None
