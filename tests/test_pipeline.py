@@ -149,14 +149,16 @@ def test_store_to_zarr_matches_dask_array_and_resumes(rgb_spec, tmp_path) -> Non
     nby, nbx = plan.block_grid
     assert (nby, nbx) == (3, 2)  # stride 50: 3 window rows; 4 window columns in groups of 2
     target = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=plan.chunks, dtype="uint8")
-    assert plan.even_blocks
+    assert plan.block_local_levels == 1  # stride 50, blocks 50 x 100
     half = zarr.create_array(str(tmp_path / "h.zarr"), shape=(75, 95, 3), chunks=(25, 50, 3), dtype="uint8")
     ticks = []
-    n = store_to_zarr(plan, target, half=half, progress=ticks.append, num_workers=2)
+    n = store_to_zarr(plan, target, reduced=[half], progress=ticks.append, num_workers=2)
     assert n == len(ticks) == nby * nbx
     assert sum(ticks) == plan.grid.n_windows
     np.testing.assert_array_equal(target[:], expected)
     np.testing.assert_array_equal(half[:], downsample2(expected))  # per block == whole level
+    with pytest.raises(ValueError, match="allow only 1"):
+        store_to_zarr(plan, target, reduced=[half, half])
     # blocks reported done are not recomputed (but windows they share are)
     target2 = zarr.create_array(str(tmp_path / "b.zarr"), shape=image.shape, chunks=plan.chunks, dtype="uint8",
                                 fill_value=7)
@@ -165,6 +167,23 @@ def test_store_to_zarr_matches_dask_array_and_resumes(rgb_spec, tmp_path) -> Non
     y1 = plan.block_box(0, 0)[2]
     np.testing.assert_array_equal(target2[y1:], expected[y1:])
     assert np.all(target2[:y1] == 7)
+
+
+def test_block_local_pyramid_levels_equal_whole_image_levels(rgb_spec, tmp_path) -> None:
+    image = (np.random.default_rng(8).random((301, 333, 3)) * 255).astype(np.uint8)
+    stats = compute_stats("zscore", image.reshape(-1, 3), dtype=np.uint8)
+    plan = plan_for(image, rgb_spec, tile=64 + 2 * DEPTH, halo=DEPTH, overlap=0, stats=stats, dtype=np.uint8,
+                    batch=2)
+    assert plan.block_local_levels == 6  # stride 64
+    expected = [refocus_dask(plan).compute()]
+    for _ in range(3):
+        expected.append(downsample2(expected[-1]))
+    target = zarr.create_array(str(tmp_path / "a.zarr"), shape=image.shape, chunks=plan.chunks, dtype="uint8")
+    reduced = [zarr.create_array(str(tmp_path / f"{k}.zarr"), shape=expected[k].shape, dtype="uint8",
+                                 chunks=(64 >> k, 128 >> k, 3)) for k in (1, 2, 3)]
+    store_to_zarr(plan, target, reduced=reduced)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(reduced[k - 1][:], expected[k])
 
 
 def test_infer_windows_batch_matches_single_windows(rgb_spec) -> None:

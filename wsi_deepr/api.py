@@ -224,18 +224,20 @@ def refocus(
             if progress is not None:
                 progress(done_count, total)
 
-        half = None
         shapes = pyramid_shapes(plan.shape[:2])
-        if len(shapes) > 1 and plan.even_blocks:
-            cy, cx, cc = plan.chunks
-            half = group.create_array(
-                "1", shape=(*shapes[1], plan.n_channels), chunks=(cy // 2, cx // 2, cc),
+        cy, cx, cc = plan.chunks
+        reduced = [
+            group.create_array(
+                str(k), shape=(*shapes[k], cc), chunks=(max(1, cy >> k), max(1, cx >> k), cc),
                 dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
             )
+            for k in range(1, min(len(shapes), plan.block_local_levels + 1))
+        ]
         t1 = time.perf_counter()
-        store_to_zarr(plan, base, half=half, scheduler=scheduler, num_workers=workers, progress=on_block)
-        if half is not None:
-            half.attrs["complete"] = True
+        store_to_zarr(plan, base, reduced=reduced, scheduler=scheduler, num_workers=workers,
+                      progress=on_block)
+        for array in reduced:  # build_pyramid reuses complete levels
+            array.attrs["complete"] = True
         timings["refocus"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()

@@ -129,9 +129,16 @@ class RefocusPlan:
         return min((bx + 1) * self.batch, nx) - bx * self.batch
 
     @property
-    def even_blocks(self) -> bool:
-        """Whether every block starts on even coordinates (2× pyramid per block)."""
-        return self.grid.y.stride % 2 == 0 and (self.grid.x.stride * self.batch) % 2 == 0
+    def block_local_levels(self) -> int:
+        """How many 2× pyramid levels each block can reduce on its own.
+
+        Level ``k`` is exact per block when every block starts at a multiple
+        of ``2**k`` (interior blocks are ``stride`` by ``batch * stride``).
+        """
+        k, s, w = 0, self.grid.y.stride, self.grid.x.stride * self.batch
+        while s % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0 and k < 16:
+            k += 1
+        return k
 
     def block_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int]]:
         """Dask ``chunks`` of the output: one chunk per block."""
@@ -248,12 +255,13 @@ def refocus_dask(plan: RefocusPlan):
     return da.Array(graph, name, plan.block_chunks(), dtype=plan.dtype or np.float32)
 
 
-def _store_task(target, half, box, block):
+def _store_task(target, reduced, box, block):
     y0, x0, y1, x1 = box
     target[y0:y1, x0:x1, :] = block
-    if half is not None:
-        small = downsample2(block)
-        half[y0 // 2:y0 // 2 + small.shape[0], x0 // 2:x0 // 2 + small.shape[1], :] = small
+    for level, array in enumerate(reduced, start=1):
+        block = downsample2(block)
+        ry, rx = y0 >> level, x0 >> level
+        array[ry:ry + block.shape[0], rx:rx + block.shape[1], :] = block
     return (y1 - y0) * (x1 - x0)
 
 
@@ -261,7 +269,7 @@ def store_to_zarr(
     plan: RefocusPlan,
     target,
     *,
-    half: object | None = None,
+    reduced: tuple = (),
     done: Callable[[int, int], bool] | None = None,
     scheduler: str | object = "threads",
     num_workers: int | None = None,
@@ -276,11 +284,12 @@ def store_to_zarr(
     target : zarr.Array
         ``(Y, X, C)`` array of ``plan.dtype`` with ``plan.chunks`` chunks, so
         that no two blocks write into the same chunk.
-    half : zarr.Array, optional
-        Pyramid level 1 (``ceil(Y/2), ceil(X/2), C``, chunks half of
-        ``plan.chunks``), filled with each block's 2×2 mean as the block is
-        stored, so the largest pyramid step costs no extra pass over the slide.
-        Needs even block origins (:attr:`RefocusPlan.even_blocks`).
+    reduced : sequence of zarr.Array
+        Pyramid levels 1, 2, ... (each ``ceil(previous / 2)``, chunks
+        ``plan.chunks`` shrunk by ``2**level``), filled with each block's
+        successive 2×2 means as the block is stored, so those pyramid steps
+        cost no extra pass over the slide.  At most
+        :attr:`RefocusPlan.block_local_levels` levels.
     done : callable, optional
         ``done(by, bx) -> bool``; blocks for which it is true are not computed
         (resume after an interruption).
@@ -299,10 +308,10 @@ def store_to_zarr(
     int
         Number of blocks computed (skipped blocks not counted).
     """
-    if half is not None and not plan.even_blocks:
+    if len(reduced) > plan.block_local_levels:
         raise ValueError(
-            f"half-resolution output needs even block origins, but the stride is {plan.grid.y.stride}; "
-            f"build level 1 afterwards with wsi_deepr.pyramid.build_pyramid"
+            f"{len(reduced)} reduced levels requested, but blocks of {plan.chunks[:2]} allow only "
+            f"{plan.block_local_levels}; build the others with wsi_deepr.pyramid.build_pyramid"
         )
     nby, nbx = plan.block_grid
     blocks = [(by, bx) for by in range(nby) for bx in range(nbx) if not (done and done(by, bx))]
@@ -314,7 +323,7 @@ def store_to_zarr(
     store_keys = []
     for (by, bx), key in zip(blocks, out_keys, strict=True):
         skey = (store_name, by, bx)
-        dsk[skey] = (_store_task, target, half, plan.block_box(by, bx), key)
+        dsk[skey] = (_store_task, target, tuple(reduced), plan.block_box(by, bx), key)
         store_keys.append(skey)
 
     if hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"):

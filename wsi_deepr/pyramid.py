@@ -110,8 +110,11 @@ def downsample2(block: np.ndarray) -> np.ndarray:
             (dtype.itemsize, dtype.kind)]
     else:
         acc = np.uint64 if dtype.kind == "u" else np.int64
-    y2, x2, c = block.shape[0] // 2, block.shape[1] // 2, block.shape[2]
-    total = block.reshape(y2, 2, x2, 2, c).sum(axis=(1, 3), dtype=acc)
+    # Four strided adds: several times faster than a reshape-and-sum.
+    total = block[0::2, 0::2].astype(acc)
+    total += block[1::2, 0::2]
+    total += block[0::2, 1::2]
+    total += block[1::2, 1::2]
     if dtype.kind == "f":
         return (total * acc(0.25)).astype(dtype, copy=False)
     # Floor division of (sum + 2) by 4 rounds half up, negatives included.
