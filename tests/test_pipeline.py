@@ -195,7 +195,7 @@ def test_infer_windows_batch_matches_single_windows(rgb_spec) -> None:
     for ix in range(grid.grid_shape[1]):
         part = infer_windows(reader, 0, grid, 1, ix, ix + 1, spec=rgb_spec, stats=stats, model_channels=3)
         y0, x0, y1, x1 = part.box
-        acc[:, x0 - whole.box[1]:x1 - whole.box[1]] += part.data
+        acc[:, :, x0 - whole.box[1]:x1 - whole.box[1]] += part.data  # (C, Y, X)
     np.testing.assert_allclose(acc, whole.data, atol=1e-6)
 
 

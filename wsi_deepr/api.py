@@ -231,7 +231,9 @@ def refocus(
                 str(k), shape=(*shapes[k], cc), chunks=(max(1, cy >> k), max(1, cx >> k), cc),
                 dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
             )
+            # Tiny chunks make zarr slow: deeper levels come from build_pyramid.
             for k in range(1, min(len(shapes), plan.block_local_levels + 1))
+            if min(cy, cx) >> k >= 128
         ]
         t1 = time.perf_counter()
         store_to_zarr(plan, base, reduced=reduced, scheduler=scheduler, num_workers=workers,

@@ -35,7 +35,8 @@ class Canvas:
     box : tuple of int
         ``(y0, x0, y1, x1)`` in image coordinates.
     data : numpy.ndarray
-        ``float32`` array of shape ``(y1-y0, x1-x0, C)``.
+        ``float32`` array of shape ``(C, y1-y0, x1-x0)``: channels first, the
+        model's layout, so windows are copied in and out with contiguous rows.
     """
 
     box: tuple[int, int, int, int]
@@ -95,7 +96,7 @@ def infer_windows(
     skip = [False] * len(windows) if skip is None else list(skip)
     union = (windows[0].read[0], windows[0].read[1], windows[0].read[2], windows[-1].read[3])
     pixels = read_padded(reader, level, union, grid.shape)
-    normed = stats.normalize(pixels)
+    normed = _normalize_chw(pixels, stats)  # (C, T, union width)
 
     outputs: dict[int, np.ndarray] = {}
     run = [k for k, s in enumerate(skip) if not s]
@@ -103,26 +104,27 @@ def infer_windows(
         if spec is None:
             raise ValueError("spec is required when some windows are not skipped")
         t = grid.tile
-        batch = np.stack(
-            [normed[:, windows[k].read[1] - union[1]:windows[k].read[1] - union[1] + t] for k in run]
-        )  # (B, T, T, C)
-        result = run_batch(spec, batch.transpose(0, 3, 1, 2), model_channels=model_channels)
-        for k, out in zip(run, result, strict=True):
-            outputs[k] = out.transpose(1, 2, 0)
+        batch = np.empty((len(run), normed.shape[0], t, t), dtype=np.float32)
+        for j, k in enumerate(run):
+            off = windows[k].read[1] - union[1]
+            batch[j] = normed[:, :, off:off + t]
+        result = run_batch(spec, batch, model_channels=model_channels)
+        outputs = dict(zip(run, result, strict=True))
 
-    core_y0, core_y1 = windows[0].core[0], windows[0].core[2]
-    box = (core_y0, windows[0].core[1], core_y1, windows[-1].core[3])
-    canvas = np.zeros((box[2] - box[0], box[3] - box[1], normed.shape[2]), dtype=np.float32)
+    box = (windows[0].core[0], windows[0].core[1], windows[0].core[2], windows[-1].core[3])
+    canvas = np.zeros((normed.shape[0], box[2] - box[0], box[3] - box[1]), dtype=np.float32)
+    wy = grid.y.weights(iy).astype(np.float32)[None, :, None]
     for k, win in enumerate(windows):
         ys, xs = win.core_in_window
         if k in outputs:
-            core = outputs[k][ys, xs]
+            core = outputs[k][:, ys, xs]
         else:  # pass-through: the input itself, in normalised space
             off = win.read[1] - union[1]
-            core = normed[ys, off + xs.start:off + xs.stop]
-        weights = grid.weights(iy, ix0 + k).astype(np.float32)[:, :, None]
+            core = normed[:, ys, off + xs.start:off + xs.stop]
+        wx = grid.x.weights(ix0 + k).astype(np.float32)[None, None, :]
         cx0 = win.core[1] - box[1]
-        canvas[:, cx0:cx0 + core.shape[1]] += core * weights
+        target = canvas[:, :, cx0:cx0 + core.shape[2]]
+        target += core * wy * wx  # separable weights: their product sums to one
     return Canvas(box, canvas)
 
 
@@ -144,14 +146,26 @@ def assemble(box: tuple[int, int, int, int], canvases: Sequence[Canvas], *, stat
         Channels of the output.
     """
     y0, x0, y1, x1 = box
-    acc = np.zeros((y1 - y0, x1 - x0, n_channels), dtype=np.float32)
+    acc = np.zeros((n_channels, y1 - y0, x1 - x0), dtype=np.float32)
     for c in canvases:
         cy0, cx0, cy1, cx1 = c.box
         iy0, ix0, iy1, ix1 = max(y0, cy0), max(x0, cx0), min(y1, cy1), min(x1, cx1)
         if iy1 <= iy0 or ix1 <= ix0:
             continue
-        acc[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += c.data[iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
-    return to_dtype(stats.denormalize(acc), dtype)
+        acc[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] += c.data[:, iy0 - cy0:iy1 - cy0, ix0 - cx0:ix1 - cx0]
+    acc *= np.asarray(stats.scale, dtype=np.float32)[:, None, None]  # denormalise in place
+    acc += np.asarray(stats.offset, dtype=np.float32)[:, None, None]
+    return np.ascontiguousarray(to_dtype(acc, dtype).transpose(1, 2, 0))
+
+
+def _normalize_chw(pixels: np.ndarray, stats: NormStats) -> np.ndarray:
+    """``(Y, X, C)`` pixels → normalised ``float32`` ``(C, Y, X)`` in one pass."""
+    out = np.empty((pixels.shape[2], pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+    for c in range(pixels.shape[2]):
+        plane = out[c]
+        np.subtract(pixels[:, :, c], np.float32(stats.offset[c]), out=plane, dtype=np.float32)
+        plane *= np.float32(1.0 / stats.scale[c])
+    return out
 
 
 def to_dtype(block: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
@@ -161,5 +175,7 @@ def to_dtype(block: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
     dt = np.dtype(dtype)
     if dt.kind in "ui":
         info = np.iinfo(dt)
-        return np.clip(np.rint(block), info.min, info.max).astype(dt)
+        rounded = np.rint(block)
+        np.clip(rounded, info.min, info.max, out=rounded)
+        return rounded.astype(dt)
     return block.astype(dt)

@@ -68,9 +68,10 @@ class NormStats:
 
     def normalize(self, block: np.ndarray) -> np.ndarray:
         """Return ``block`` (``(..., C)``) normalised as ``float32``."""
-        off = np.asarray(self.offset, dtype=np.float32)
-        scale = np.asarray(self.scale, dtype=np.float32)
-        return (block.astype(np.float32) - off) / scale
+        out = block.astype(np.float32)  # always a new array: safe to work in place
+        out -= np.asarray(self.offset, dtype=np.float32)
+        out /= np.asarray(self.scale, dtype=np.float32)
+        return out
 
     def denormalize(self, block: np.ndarray) -> np.ndarray:
         """Invert :meth:`normalize` (still ``float32``, not rounded)."""

@@ -157,13 +157,14 @@ def _split(canvas: Canvas, box: tuple[int, int, int, int]) -> dict[str, Canvas]:
     y0, x0, y1, x1 = canvas.box
     by1, bx1 = box[2], box[3]
     hy, hx = by1 - y0, bx1 - x0
-    parts = {"main": Canvas((y0, x0, by1, bx1), canvas.data[:hy, :hx])}
+    data = canvas.data  # (C, Y, X)
+    parts = {"main": Canvas((y0, x0, by1, bx1), data[:, :hy, :hx])}
     if y1 > by1:
-        parts["bottom"] = Canvas((by1, x0, y1, bx1), canvas.data[hy:, :hx].copy())
+        parts["bottom"] = Canvas((by1, x0, y1, bx1), data[:, hy:, :hx].copy())
     if x1 > bx1:
-        parts["right"] = Canvas((y0, bx1, by1, x1), canvas.data[:hy, hx:].copy())
+        parts["right"] = Canvas((y0, bx1, by1, x1), data[:, :hy, hx:].copy())
     if y1 > by1 and x1 > bx1:
-        parts["corner"] = Canvas((by1, bx1, y1, x1), canvas.data[hy:, hx:].copy())
+        parts["corner"] = Canvas((by1, bx1, y1, x1), data[:, hy:, hx:].copy())
     return parts
 
 

@@ -1,0 +1,217 @@
+"""The training stage (export/): losses, networks, data adapter, tiny run -> ONNX -> parity, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from export.data import TorchPairs
+from export.losses import berhu, discriminator_loss, ms_ssim, ssim
+from export.models import Discriminator, Generator
+from export.train import TrainConfig, load_checkpoint, train
+from wsi_deepr.data.dataset import PairDatasetWriter
+
+
+def _write_pairs(path, *, n=12, patch=48, seed=0):
+    """Blurred/sharp pairs of smooth noise: 3 of every 4 fields train, 1 validates."""
+    rng = np.random.default_rng(seed)
+    w = PairDatasetWriter(path, patch_size=patch, channels=("R", "G", "B"), modality="brightfield",
+                          kind="simulated", storage_dtype="uint8", shard=8)
+    for i in range(n):
+        t = ndimage.gaussian_filter(rng.random((patch, patch, 3)), (1, 1, 0))
+        t = 0.2 + 0.6 * (t - t.min()) / (t.max() - t.min())
+        z = float(rng.uniform(-3, 3))
+        x = ndimage.gaussian_filter(t, (abs(z) + 0.5, abs(z) + 0.5, 0), mode="wrap")
+        w.add(x, t, z_um=z, pixel_size_um=0.5, fov=i, split=int(i % 4 == 3), source=0, na=0.5)
+    w.close(sources=[{"name": "noise", "pixel_size_assumed": False}], settings={"builder": "test"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return _write_pairs(tmp_path_factory.mktemp("ds") / "pairs.zarr")
+
+
+def _tiny(dataset, **kw) -> TrainConfig:
+    base = {"dataset": str(dataset), "width": 4, "max_width": 16, "d_width": 4, "d_depth": 2, "batch_size": 2, "crop": 32,
+                "g_steps": 2, "d_steps": 1, "iterations": 4, "warmup": 2, "val_every": 2, "log_every": 1, "val_samples": 3, "threads": 1}
+    return TrainConfig(**(base | kw))
+
+
+# ----------------------------------------------------------------------------- losses
+def test_berhu_is_l1_below_c_and_scaled_l2_above():
+    c = 0.5
+    pred = torch.tensor([0.2, -0.4, 1.0, -2.0, 0.5])
+    got = [float(berhu(p.view(1), torch.zeros(1), c=c)) for p in pred]
+    want = [0.2, 0.4, (1.0 + c * c) / (2 * c), (4.0 + c * c) / (2 * c), 0.5]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # continuous value and slope (1) at the threshold
+    e = torch.tensor([c - 1e-4, c + 1e-4], requires_grad=True)
+    vals = torch.stack([berhu(v.view(1), torch.zeros(1), c=c) for v in e])
+    vals.sum().backward()
+    assert abs((vals[1] - vals[0]).item()) < 3e-4
+    np.testing.assert_allclose(e.grad.numpy(), [1.0, 1.0], atol=1e-3)
+    with pytest.raises(ValueError, match="c=0"):
+        berhu(pred, pred, c=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 1, 180, 180)])
+def test_ms_ssim_of_identical_images_is_one(shape):
+    x = torch.rand(shape)
+    assert float(ms_ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ssim_matches_scikit_image_at_one_scale():
+    rng = np.random.default_rng(1)
+    a = ndimage.gaussian_filter(rng.random((70, 90, 3)), (1.5, 1.5, 0))
+    b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1)
+    want = structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False)
+    ta, tb = (torch.from_numpy(v.transpose(2, 0, 1)[None].copy()) for v in (a, b))
+    assert float(ssim(ta, tb)) == pytest.approx(want, abs=1e-5)
+
+
+def test_ms_ssim_falls_with_blur_and_has_finite_gradients():
+    x = torch.rand(2, 3, 96, 96)
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2)
+    pred = blurred.clone().requires_grad_(True)
+    value = ms_ssim(pred, x)
+    assert 0.0 < value.item() < 0.9
+    value.backward()
+    assert torch.isfinite(pred.grad).all()
+    d = discriminator_loss(torch.tensor([0.0]), torch.tensor([1.0]))
+    assert float(d) == 0.0
+
+
+# ----------------------------------------------------------------------------- networks
+def test_untrained_generator_is_identity_for_any_size():
+    gen = Generator(3, width=4, mean=[0.7, 0.5, 0.6], std=[0.2, 0.25, 0.2]).eval()
+    for shape in [(1, 3, 64, 64), (2, 3, 37, 53)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            y = gen(x)
+        assert y.shape == x.shape
+        torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="width"):
+        Generator(3, width=0)
+
+
+def test_discriminator_gives_one_probability_per_image():
+    d = Discriminator(3, width=4, depth=3)
+    p = d(torch.randn(3, 3, 40, 56))
+    assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
+
+
+# ----------------------------------------------------------------------------- data
+def test_torch_pairs_model_space_and_augmentation(pairs):
+    import zarr
+
+    raw = zarr.open_group(str(pairs), mode="r")
+    data = TorchPairs(pairs, split="train", normalization="range")
+    row = int(data.pairs.indices[0])
+    inp, tgt = data.sample(0)
+    np.testing.assert_allclose(inp, np.moveaxis(raw["inputs"][row], -1, 0) / 255.0, atol=1e-7)
+    np.testing.assert_allclose(tgt, np.moveaxis(raw["targets"][row], -1, 0) / 255.0, atol=1e-7)
+    # the same flip/rotation for input and target
+    k_inp, k_tgt = data.sample(0, k=5)
+    np.testing.assert_array_equal(k_inp, np.moveaxis(np.rot90(np.moveaxis(inp, 0, -1), 1)[:, ::-1], -1, 0))
+    np.testing.assert_array_equal(k_tgt, np.moveaxis(np.rot90(np.moveaxis(tgt, 0, -1), 1)[:, ::-1], -1, 0))
+    # zscore: standardised with the recorded input statistics, and to_range undoes it
+    z = TorchPairs(pairs, split="train", normalization="zscore", preload=False)
+    zi, _ = z.sample(0)
+    back = z.to_range(torch.from_numpy(zi)[None])[0].numpy()
+    np.testing.assert_allclose(back, inp, atol=1e-5)
+    torch.testing.assert_close(data.to_std(torch.from_numpy(inp)[None]), torch.from_numpy(zi)[None],
+                               atol=1e-5, rtol=0)
+    assert data.card_info()["mpp"] == 0.5 and data.berhu_threshold() > 0
+    x, y = TorchPairs(pairs, crop=32, augment=True).batch(np.random.default_rng(0), 3)
+    assert x.shape == y.shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match="crop"):
+        TorchPairs(pairs, crop=30)
+    with pytest.raises(ValueError, match="normalization"):
+        TorchPairs(pairs, normalization="percentile:1:99")
+
+
+# ----------------------------------------------------------------------------- tiny run, export, parity
+@pytest.mark.slow
+def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
+    from export.onnx_export import export_onnx, parity_check
+    from export.train import main as train_main
+    from wsi_deepr.model import CARD_KEYS, load_model_info
+
+    run = tmp_path / "run"
+    assert train_main(["--dataset", str(pairs), "--out", str(run), "--width", "4", "--max-width", "16",
+                       "--d-width", "4", "--d-depth", "2", "--batch-size", "2", "--crop", "32", "--g-steps", "2",
+                       "--d-steps", "1", "--iterations", "3", "--warmup", "1", "--val-every", "3",
+                       "--val-samples", "3", "--threads", "1"]) == 0
+    with open(run / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["kind"] for r in rows].count("val") == 1 and rows[-1]["val_ssim"]
+    assert {r["phase"] for r in rows} == {"warmup", "gan"}
+    gan = [r for r in rows if r["kind"] == "train" and r["phase"] == "gan"]
+    assert all(float(r["c_adv"]) > 0 and float(r["d_loss"]) > 0 for r in gan)
+    best = load_checkpoint(run / "best.pt")  # weights_only=True
+    assert best["iteration"] == 3 and "generator" in best
+
+    out = tmp_path / "tiny.onnx"
+    report = export_onnx(run / "best.pt", out, card={"version": "0.0.1", "description": "test"})
+    assert report["parity"]["max_abs_diff"] <= 1e-4
+    assert len(report["parity"]["shapes"]) == 3  # random, odd-sized and real tiles
+    info = load_model_info(out)
+    assert info.card.modality.value == "brightfield" and info.card.channels == 3
+    assert info.card.mpp == 0.5 and info.card.normalization == "range" and info.card.halo > 0
+    assert info.card.version == "0.0.1" and not info.card.default
+    import onnx
+
+    meta = {p.key for p in onnx.load(str(out)).metadata_props}
+    assert set(CARD_KEYS) <= meta
+    assert (tmp_path / "tiny.onnx.sha256").read_text().split()[0] == info.sha256
+    assert json.loads((tmp_path / "tiny.onnx.export.json").read_text())["sha256"] == info.sha256
+    # parity_check is a real check: a generator that differs from the file fails it
+    from export.onnx_export import ExportError
+    from export.train import build_generator
+
+    other = build_generator(best["meta"]["generator_config"], best["meta"]["generator_stats"])
+    torch.nn.init.normal_(other.out.weight, std=0.5)
+    with pytest.raises(ExportError, match="parity"):
+        parity_check(out, other, [np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)])
+    with pytest.raises(FileExistsError):
+        export_onnx(run / "best.pt", out)
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_one(pairs, tmp_path):
+    straight = train(_tiny(pairs), tmp_path / "a")
+    assert straight["iteration"] == 4
+    # stopped after the first iteration (as by SIGTERM), then started again twice
+    calls = {"n": 0}
+
+    def stop_once() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 1
+
+    first = train(_tiny(pairs, iterations=4), tmp_path / "b", stop=stop_once)
+    assert first["iteration"] == 1
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 1
+    train(_tiny(pairs, iterations=3), tmp_path / "b")
+    resumed = train(_tiny(pairs, iterations=4, width=8), tmp_path / "b")  # stored config wins
+    assert resumed["iteration"] == 4
+    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in "ab")
+    assert b["config"]["width"] == 4
+    for key, value in a["generator"].items():
+        torch.testing.assert_close(b["generator"][key], value, atol=1e-5, rtol=1e-4)
+    for key, value in a["discriminator"].items():
+        torch.testing.assert_close(b["discriminator"][key], value, atol=1e-5, rtol=1e-4)
+    assert a["weights"] == pytest.approx(b["weights"], rel=1e-4)
+    with open(tmp_path / "b" / "log.csv", newline="") as fh:
+        its = [int(r["iteration"]) for r in csv.DictReader(fh) if r["kind"] == "train"]
+    assert its == sorted(its) and its[-1] == 4
