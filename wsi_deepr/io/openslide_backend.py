@@ -14,10 +14,7 @@ with integer downsamples, are read pixel-exact.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptSlideError, UnsupportedFormatError
+from ._handles import HandleCache
 from .slide import Modality, Slide
 
 __all__ = ["OpenSlideRegionReader", "clear_cache", "open_openslide_slide", "rgba_to_rgb"]
@@ -33,22 +31,6 @@ logger = logging.getLogger(__name__)
 
 _MPP_RANGE = (0.01, 100.0)
 _ASSOCIATED = ("label", "macro", "thumbnail")
-
-
-@dataclass
-class _Handle:
-    osr: Any  # openslide.OpenSlide
-    signature: tuple[int, int, int]
-
-
-_CACHE: dict[tuple[int, str], _Handle] = {}
-_CACHE_LOCK = threading.Lock()
-_ATEXIT: list[bool] = []  # close cached files at exit, registered on first use
-
-
-def _signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _open(path: str) -> Any:
@@ -66,34 +48,17 @@ def _open(path: str) -> Any:
             f"{path}: OpenSlide failed to open the slide ({exc}); the file is damaged") from exc
 
 
+_HANDLES: HandleCache[Any] = HandleCache(_open, lambda osr: osr.close())
+
+
 def _get_osr(path: str, *, revalidate: bool = False) -> Any:
     """Return the per-process ``OpenSlide`` of ``path``, opening it once."""
-    key = (os.getpid(), path)
-    handle = _CACHE.get(key)
-    if handle is not None and not revalidate:
-        return handle.osr
-    with _CACHE_LOCK:
-        handle = _CACHE.get(key)
-        if handle is not None and revalidate and handle.signature != _signature(path):
-            logger.debug("%s changed on disk; reopening", path)
-            handle.osr.close()
-            handle = None
-        if handle is None:
-            if not _ATEXIT:
-                atexit.register(clear_cache)
-                _ATEXIT.append(True)
-            signature = _signature(path)
-            handle = _CACHE[key] = _Handle(_open(path), signature)
-        return handle.osr
+    return _HANDLES.get(path, revalidate=revalidate)
 
 
 def clear_cache() -> None:
     """Close every slide opened by :class:`OpenSlideRegionReader` in this process."""
-    with _CACHE_LOCK:
-        for (pid, _), handle in _CACHE.items():
-            if pid == os.getpid():
-                handle.osr.close()
-        _CACHE.clear()
+    _HANDLES.clear()
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

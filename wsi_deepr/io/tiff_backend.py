@@ -8,7 +8,6 @@ from the vendor description when there is one, else from the TIFF tags.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -24,6 +23,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from ..errors import CorruptSlideError, UnsupportedFormatError
+from ._handles import HandleCache
 from .slide import Modality, Slide
 
 __all__ = ["TiffRegionReader", "clear_cache", "open_tiff_slide", "quiet_tifffile"]
@@ -92,17 +92,6 @@ class _Level:
 class _Handle:
     tif: Any  # tifffile.TiffFile
     levels: list[_Level]
-    signature: tuple[int, int, int]
-
-
-_CACHE: dict[tuple[int, str, int], _Handle] = {}
-_CACHE_LOCK = threading.Lock()
-_ATEXIT: list[bool] = []  # close cached files at exit; registered on first open, not import
-
-
-def _signature(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _layout(axes: str, shape: tuple[int, ...], path: str) -> tuple[tuple[int, ...], int | None]:
@@ -140,7 +129,6 @@ def _open_handle(path: str, series: int) -> _Handle:
     import tifffile
     import zarr
 
-    signature = _signature(path)
     # maxworkers > 1 makes the zarr store decode tiles in worker threads instead of
     # on zarr's single event-loop thread, so concurrent reads decode in parallel
     workers = max(2, os.cpu_count() or 2)
@@ -157,39 +145,20 @@ def _open_handle(path: str, series: int) -> _Handle:
     except Exception:
         tif.close()
         raise
-    return _Handle(tif, levels, signature)
+    return _Handle(tif, levels)
+
+
+_HANDLES: HandleCache[_Handle] = HandleCache(_open_handle, lambda handle: handle.tif.close())
 
 
 def _get_handle(path: str, series: int, *, revalidate: bool = False) -> _Handle:
-    """Return this process's handle of ``(path, series)``, opening it once.
-
-    With ``revalidate``, a handle whose file changed on disk is closed and reopened.
-    """
-    key = (os.getpid(), path, series)
-    handle = _CACHE.get(key)
-    if handle is not None and not revalidate:
-        return handle
-    with _CACHE_LOCK:
-        handle = _CACHE.get(key)
-        if handle is not None and revalidate and handle.signature != _signature(path):
-            logger.debug("%s changed on disk; reopening it", path)
-            handle.tif.close()
-            handle = None
-        if handle is None:
-            if not _ATEXIT:
-                atexit.register(clear_cache)
-                _ATEXIT.append(True)
-            handle = _CACHE[key] = _open_handle(path, series)
-        return handle
+    """Return this process's handle of ``(path, series)``, opening it once."""
+    return _HANDLES.get(path, series, revalidate=revalidate)
 
 
 def clear_cache() -> None:
     """Close every file opened by :class:`TiffRegionReader` in this process."""
-    with _CACHE_LOCK:
-        for (pid, _, _), handle in _CACHE.items():
-            if pid == os.getpid():
-                handle.tif.close()
-        _CACHE.clear()
+    _HANDLES.clear()
 
 
 class TiffRegionReader:
