@@ -52,7 +52,8 @@ def test_refocus_writes_default_output_beside_input(capsys, small_rgb, models) -
     with tifffile.TiffFile(target) as tif:
         assert tif.is_ome
         assert tif.series[0].shape == (700, 530, 3)
-    assert sorted(p.name for p in small_rgb.parent.iterdir()) == ["small.ome.tif", "small.refocused.ome.tif"]
+    assert sorted(p.name for p in small_rgb.parent.iterdir()) == [
+        "small.ome.tif", "small.refocused.ome.tif", "small.refocused.ome.tif.json"]  # + provenance sidecar
 
 
 def test_info_and_models(capsys, models, monkeypatch) -> None:

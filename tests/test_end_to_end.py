@@ -50,7 +50,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
     out = tmp_path / "out.ome.tif"
     result = refocus(src, out, model=models[kind], tile=256, workers=2)
     assert result.output == out and out.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["out.ome.tif"]  # no temporary or scratch left
+    # no temporary, scratch or lock left; the provenance sidecar beside the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.tif", "out.ome.tif.json"]
 
     info = bf.image_info(out)
     main = info.series[0]

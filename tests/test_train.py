@@ -19,6 +19,8 @@ from export.models import Discriminator, Generator
 from export.train import TrainConfig, load_checkpoint, train
 from wsi_deepr.data.dataset import PairDatasetWriter
 
+from .conftest import shared_path
+
 
 def _write_pairs(path, *, n=12, patch=48, seed=0):
     """Blurred/sharp pairs of smooth noise: 3 of every 4 fields train, 1 validates."""
@@ -31,7 +33,8 @@ def _write_pairs(path, *, n=12, patch=48, seed=0):
         z = float(rng.uniform(-3, 3))
         x = ndimage.gaussian_filter(t, (abs(z) + 0.5, abs(z) + 0.5, 0), mode="wrap")
         w.add(x, t, z_um=z, pixel_size_um=0.5, fov=i, split=int(i % 4 == 3), source=0, na=0.5)
-    w.close(sources=[{"name": "noise", "pixel_size_assumed": False}], settings={"builder": "test"})
+    w.close(sources=[{"name": "noise", "pixel_size_assumed": False, "wavelengths_um": [0.61, 0.545, 0.465]}],
+            settings={"builder": "test"})
     return path
 
 
@@ -135,6 +138,10 @@ def test_torch_pairs_model_space_and_augmentation(pairs):
     assert data.card_info()["mpp"] == 0.5 and data.berhu_threshold() > 0
     x, y = TorchPairs(pairs, crop=32, augment=True).batch(np.random.default_rng(0), 3)
     assert x.shape == y.shape == (3, 3, 32, 32)
+    # grey pairs: R = G = B in both images; contrast jitter keeps [0, 1]
+    x, y = data.batch(np.random.default_rng(0), 4, gray_prob=1.0, contrast_jitter=0.5)
+    for t in (x, y):
+        assert float((t[:, 0] - t[:, 2]).abs().max()) == 0.0 and 0.0 <= float(t.min()) <= float(t.max()) <= 1.0
     with pytest.raises(ValueError, match="crop"):
         TorchPairs(pairs, crop=30)
     with pytest.raises(ValueError, match="normalization"):
@@ -152,7 +159,7 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
     assert train_main(["--dataset", str(pairs), "--out", str(run), "--width", "4", "--max-width", "16",
                        "--d-width", "4", "--d-depth", "2", "--batch-size", "2", "--crop", "32", "--g-steps", "2",
                        "--d-steps", "1", "--iterations", "3", "--warmup", "1", "--val-every", "3",
-                       "--val-samples", "3", "--threads", "1"]) == 0
+                       "--val-samples", "3", "--log-every", "1", "--threads", "1"]) == 0
     with open(run / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["kind"] for r in rows].count("val") == 1 and rows[-1]["val_ssim"]
@@ -187,6 +194,15 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
     with pytest.raises(FileExistsError):
         export_onnx(run / "best.pt", out)
 
+    # the validation table runs on the exported file (input / RL with the true PSF / output)
+    from export.evaluate import Refocuser, evaluate_pairs, markdown_table
+
+    model = Refocuser(out, threads=1)
+    table = evaluate_pairs(model, pairs, max_samples=3, rl_iterations=3, margin=4)
+    assert table["samples"] == 3 and all(r["n_rl"] == r["n"] for r in table["rows"])
+    assert all(0 < r["ssim_rl"] <= 1 and 0 < r["ssim_output"] <= 1 for r in table["rows"])
+    assert "RL-true-PSF" in markdown_table(table)
+
 
 @pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(pairs, tmp_path):
@@ -215,3 +231,21 @@ def test_resumed_run_matches_an_uninterrupted_one(pairs, tmp_path):
     with open(tmp_path / "b" / "log.csv", newline="") as fh:
         its = [int(r["iteration"]) for r in csv.DictReader(fh) if r["kind"] == "train"]
     assert its == sorted(its) and its[-1] == 4
+
+
+@pytest.mark.slow
+def test_smear_stack_check_runs_on_the_real_focal_series():
+    from export.evaluate import evaluate_stack
+
+    folder = shared_path("stacks", "smear-brightfield")
+
+    def identity(img):
+        return img
+
+    report = evaluate_stack(identity, folder)
+    labels = [r["plane"] for r in report["rows"]]
+    assert 0 not in labels and {-5, -1, 1, 5} <= set(labels)
+    for r in report["rows"]:  # an identity "model" changes nothing
+        assert r["ssim_output"] == pytest.approx(r["ssim_input"])
+    far = {r["plane"]: r["ssim_input"] for r in report["rows"]}
+    assert far[1] > far[5]  # farther planes are less similar to z+00

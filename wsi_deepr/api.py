@@ -8,10 +8,10 @@ seconds with a message that names the culprit, and leaves no file behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +49,9 @@ class RefocusResult:
     stats: NormStats
     seconds: dict[str, float] = field(default_factory=dict)
     parameters: dict[str, object] = field(default_factory=dict)
+    resumed_blocks: int = 0
+    sidecar: Path | None = None
+    provenance: dict[str, object] = field(default_factory=dict)
 
 
 def default_output_path(slide_path: str | os.PathLike) -> Path:
@@ -78,10 +81,6 @@ def _check_output(slide_path: Path, output: Path, *, overwrite: bool) -> None:
         raise OutputError(f"output folder {folder} is not writable; choose another with -o")
 
 
-def _scratch_path(output: Path) -> Path:
-    return output.with_name(f".{output.name}.scratch.zarr")
-
-
 def plan_refocus(
     slide: Slide,
     model: ModelInfo,
@@ -93,11 +92,14 @@ def plan_refocus(
     batch: int = 4,
     threads_per_task: int = 0,
     skip: np.ndarray | None = None,
+    check_session: bool = True,
 ) -> RefocusPlan:
     """Check the model against ``slide`` and build the :class:`RefocusPlan`.
 
-    Opens the ONNX Runtime session once here, so that ``device="cuda"``
-    without a working CUDA provider fails before any work is done.
+    Opens the ONNX Runtime session once here (unless ``check_session`` is
+    false: the session is checked on the cluster's workers instead), so that
+    ``device="cuda"`` without a working CUDA provider fails before any work
+    is done.
     """
     check_compatible(model, n_channels=slide.n_channels, modality=slide.modality)
     halo = model.card.halo if halo is None else int(halo)
@@ -105,7 +107,8 @@ def plan_refocus(
     h, w, c = slide.shape
     grid = TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)
     spec = SessionSpec(str(model.path), device, threads_per_task)
-    get_session(spec)  # fail fast: provider, model loads
+    if check_session:
+        get_session(spec)  # fail fast: provider, model loads
     pixels, source = stats_sample(slide.level_shapes, slide.read_region)
     stats = compute_stats(model.card.normalization, pixels, dtype=slide.dtype, source=source)
     log.info("normalisation %s from %s: offset %s scale %s", stats.spec, source,
@@ -115,6 +118,43 @@ def plan_refocus(
         model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
         skip=grid.check_mask(skip), batch=batch,
     )
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporaries a killed writer of ``out`` left (we hold its lock).
+
+    Skipped while another output of the same stem (``a.tif`` beside
+    ``a.ome.tif``) is locked: its writer's temporaries match the same pattern.
+    """
+    import glob
+
+    from .io.ometiff import _stem
+
+    stem = _stem(out)
+    folder = out.parent
+    for lock in folder.glob(".*.lock"):
+        other = folder / lock.name[1:-len(".lock")]
+        if other != out and _stem(other) == stem:
+            return
+    stale = [p for p in folder.glob(f".{glob.escape(stem)}.*.tmp") if len(p.name) == len(stem) + 14]
+    stale += folder.glob(f".{glob.escape(out.name)}.json.*.tmp")  # the sidecar's
+    for tmp in stale:  # ".<stem>.<8 hex>.tmp" of write_ome_tiff
+        log.info("removing %s left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def _resolve_client(scheduler):
+    """``(client or None, local scheduler name)`` for ``scheduler``."""
+    if isinstance(scheduler, str):
+        if scheduler not in ("threads", "sync", "synchronous", "single-threaded"):
+            raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable "
+                             f"returning one, got {scheduler!r}")
+        return None, scheduler
+    if hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"):
+        return scheduler, "distributed"
+    if callable(scheduler):  # a lazy client factory (wsi_deepr.cluster.ClusterClient)
+        return scheduler(), "distributed"
+    raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable, got {scheduler!r}")
 
 
 def refocus(
@@ -134,9 +174,17 @@ def refocus(
     jpeg_quality: int = 90,
     compression: str = "auto",
     skip: np.ndarray | None = None,
+    resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF.
+
+    The run is resumable and exclusive: while it runs, ``.<output>.lock``
+    beside the output keeps other jobs off it; finished blocks are kept in
+    ``.<output>.scratch.zarr`` beside the output, and a rerun after a crash
+    or a kill reuses them (see :mod:`wsi_deepr.resume`).  The scratch is
+    removed once the OME-TIFF is in place.  Provenance goes into the OME-XML
+    and into ``<output>.json`` (see :mod:`wsi_deepr.provenance`).
 
     Parameters
     ----------
@@ -161,9 +209,15 @@ def refocus(
         Windows per ONNX Runtime call and per task (default: 2 on the CPU,
         where batching gains nothing and small tasks balance better; 8 on CUDA).
     workers : int, optional
-        Parallel inference tasks on the local scheduler (default: CPU count).
-    scheduler : "threads", "sync" or distributed.Client
-        Where the task graph runs.
+        Parallel inference tasks on the local threaded scheduler (default:
+        CPU count); with a distributed client, the cluster's threads.
+    scheduler : "threads", "sync", distributed.Client or callable
+        Where the task graph runs; a callable (e.g.
+        :class:`wsi_deepr.cluster.ClusterClient`) is called for the client
+        only once the checks have passed.  With a client, each worker holds
+        one ONNX Runtime session (:class:`wsi_deepr.cluster.SessionPlugin`)
+        and, on CUDA with workers that declare ``GPU`` resources, each
+        inference task needs ``{"GPU": 1}``.
     overwrite : bool
         Replace an existing output.
     jpeg_quality : int
@@ -172,19 +226,32 @@ def refocus(
         ``"auto"`` (JPEG for RGB, zlib otherwise), ``"jpeg"``, ``"zlib"`` or ``"zstd"``.
     skip : numpy.ndarray, optional
         Boolean window-grid mask of windows to pass through unchanged.
+    resume : bool
+        Reuse a matching scratch from an interrupted run (default); ``False``
+        starts afresh.
     progress : callable, optional
         ``progress(done, total)`` in model windows (tiles), called as their
-        output is written.
+        output is written (a resumed run starts at the windows already done).
 
     Returns
     -------
     RefocusResult
+
+    Raises
+    ------
+    OutputLockedError
+        Another live job is writing the same output.
     """
+    from . import cluster as clusters
     from .io.ometiff import write_ome_tiff
+    from .lock import OutputLock
+    from .provenance import Checksum, host_record, to_annotations, write_sidecar
     from .pyramid import build_pyramid, pyramid_shapes
+    from .resume import crash_point, input_identity, mask_digest, open_scratch, scratch_path
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     slide_path = Path(slide_path)
     slide = open_slide(slide_path, modality=modality)
     out = Path(output) if output is not None else default_output_path(slide_path)
@@ -194,75 +261,131 @@ def refocus(
     workers = max(1, int(workers or n_cpu))
     if batch is None:
         batch = 8 if "CUDAExecutionProvider" in providers_for(device) else 2
+    local = isinstance(scheduler, str)
+    if local:
+        _resolve_client(scheduler)  # a bad name fails here, before any work
+    # On a cluster the session is checked on the workers: this process may have no GPU.
     plan = plan_refocus(
         slide, info, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
-        threads_per_task=max(1, n_cpu // workers), skip=skip,
+        threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local,
     )
-    provider = active_provider(plan.spec)
-    timings["prepare"] = time.perf_counter() - t0
-    log.info("%s: %d windows of %d px (halo %d, overlap %d) with %s on %s", slide_path,
-             plan.grid.n_windows, tile, plan.grid.halo, plan.grid.overlap, info.name, provider)
 
-    import zarr
+    with OutputLock(out):
+        if out.exists() and not overwrite:  # finished by another job meanwhile
+            raise OutputExistsError(f"output {out} exists; pass --overwrite to replace it")
+        _remove_stale_temporaries(out)
+        checksum = Checksum(slide_path)  # streams in the background
+        identity = input_identity(slide_path)
 
-    scratch = _scratch_path(out)
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    nby, nbx = plan.block_grid
-    total = plan.grid.n_windows
-    try:
-        group = zarr.open_group(str(scratch), mode="w")
-        base = group.create_array(
-            "0", shape=plan.shape, chunks=plan.chunks,
-            dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
-        )
-        done_count = 0
+        client, scheduler_name = _resolve_client(scheduler)
+        infer_resources = None
+        scheduler_info: dict[str, object] = {"kind": scheduler_name}
+        if client is None:
+            provider = active_provider(plan.spec)
+            scheduler_info["workers"] = workers
+        else:
+            scheduler_info.update(clusters.describe(client))
+            spec = SessionSpec(plan.spec.model_path, plan.spec.device, clusters.threads_per_task(client))
+            plan = dataclasses.replace(plan, spec=spec)
+            if device != "cpu" and clusters.gpu_resources(client):
+                infer_resources = {"GPU": 1}
+            clusters.register_session(client, plan.spec)  # one session per worker, checked there
+            provider = client.submit(active_provider, plan.spec, pure=False, resources=infer_resources).result()
+            if provider != "CUDAExecutionProvider":
+                infer_resources = None
 
-        def on_block(n: int) -> None:
-            nonlocal done_count
-            done_count += n
-            if progress is not None:
-                progress(done_count, total)
-
+        nby, nbx = plan.block_grid
+        total = plan.grid.n_windows
         shapes = pyramid_shapes(plan.shape[:2])
         cy, cx, cc = plan.chunks
-        reduced = [
-            group.create_array(
-                str(k), shape=(*shapes[k], cc), chunks=(max(1, cy >> k), max(1, cx >> k), cc),
-                dtype=slide.dtype, compressors=zarr.codecs.ZstdCodec(level=1),
-            )
+        arrays = [("0", plan.shape, plan.chunks, slide.dtype)] + [
+            (str(k), (*shapes[k], cc), (max(1, cy >> k), max(1, cx >> k), cc), slide.dtype)
             # Tiny chunks make zarr slow: deeper levels come from build_pyramid.
             for k in range(1, min(len(shapes), plan.block_local_levels + 1))
             if min(cy, cx) >> k >= 128
         ]
+        fingerprint = {
+            "format": 1, "version": __version__, "input": identity, "model_sha256": info.sha256,
+            "provider": provider, "level": plan.level, "shape": plan.shape, "dtype": np.dtype(slide.dtype).str,
+            "tile": plan.grid.tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": plan.batch,
+            "model_channels": plan.model_channels, "stats": json.loads(plan.stats.to_json()),
+            "skip": mask_digest(plan.skip), "arrays": [[n, list(s), list(c)] for n, s, c, _ in arrays],
+        }
+        scratch = open_scratch(scratch_path(out), fingerprint, arrays, resume=resume)
+        timings["prepare"] = time.perf_counter() - t0
+        log.info("%s: %d windows of %d px (halo %d, overlap %d) with %s on %s%s", slide_path,
+                 plan.grid.n_windows, tile, plan.grid.halo, plan.grid.overlap, info.name, provider,
+                 f"; resuming, {len(scratch.done)} of {nby * nbx} blocks done" if scratch.done else "")
+        crash_point("prepared")
+
+        done_blocks = scratch.done
+        done_count = sum(plan.windows_in_block(by, bx) for by, bx in done_blocks)
+        stored = len(done_blocks)
+        if progress is not None and done_count:
+            progress(done_count, total)
+
+        def on_block(n: int) -> None:
+            nonlocal done_count, stored
+            done_count += n
+            stored += 1
+            if progress is not None:
+                progress(done_count, total)
+            crash_point("blocks", stored)
+
         t1 = time.perf_counter()
-        store_to_zarr(plan, base, reduced=reduced, scheduler=scheduler, num_workers=workers,
-                      progress=on_block)
-        for array in reduced:  # build_pyramid reuses complete levels
+        store_to_zarr(plan, scratch.base, reduced=scratch.reduced, done=scratch.is_done, mark=scratch.markers,
+                      scheduler=client or scheduler_name, num_workers=workers, progress=on_block,
+                      infer_resources=infer_resources)
+        for array in scratch.reduced:  # build_pyramid reuses complete levels
             array.attrs["complete"] = True
         timings["refocus"] = time.perf_counter() - t1
+        crash_point("stored")
 
         t2 = time.perf_counter()
-        levels = build_pyramid(base, group)
+        bands = 0
+
+        def on_band(level: int, rows: int) -> None:
+            nonlocal bands
+            bands += 1
+            crash_point("pyramid", bands)
+
+        levels = build_pyramid(scratch.base, scratch.group, progress=on_band)
         timings["pyramid"] = time.perf_counter() - t2
 
+        sha256, timings["checksum"] = checksum.result()
         parameters = {
             "tile": tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": batch,
             "device": device, "modality": slide.modality.value, "level": plan.level,
             "jpeg_quality": jpeg_quality, "compression": compression,
             "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,
+            "workers": workers if client is None else scheduler_info.get("threads"),
+            "intra_op_threads": plan.spec.intra_op_threads, "resume": resume,
         }
-        annotations = {
-            "wsi_deepr.version": __version__,
-            "wsi_deepr.input": str(slide_path.resolve()),
-            "wsi_deepr.input_format": f"{slide.format} ({slide.backend})",
-            "wsi_deepr.model": info.name,
-            "wsi_deepr.model_sha256": info.sha256,
-            "wsi_deepr.model_card": json.dumps(info.card.as_dict()),
-            "wsi_deepr.provider": provider,
-            "wsi_deepr.parameters": json.dumps(parameters),
-            "wsi_deepr.normalization": plan.stats.to_json(),
+        record = {
+            "version": __version__,
+            "input": str(slide_path.resolve()),
+            "input_format": f"{slide.format} ({slide.backend})",
+            "input_size": identity["size"],
+            "input_mtime": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(identity["mtime_ns"] / 1e9)),
+            "input_sha256": sha256,
+            "input_shape": list(slide.shape),
+            "input_dtype": np.dtype(slide.dtype).name,
+            "model": info.name,
+            "model_path": str(info.path),
+            "model_sha256": info.sha256,
+            "model_card": info.card.as_dict(),
+            "provider": provider,
+            "parameters": parameters,
+            "normalization": json.loads(plan.stats.to_json()),
+            "scheduler": scheduler_info,
+            "windows": plan.grid.n_windows,
+            "blocks": nby * nbx,
+            "resumed_blocks": len(done_blocks),
+            "started": started,
+            **host_record(),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
         }
+        annotations = to_annotations(record)
         rgb = slide.modality is Modality.BRIGHTFIELD and slide.n_channels == 3 and slide.dtype == np.uint8
         associated = {}
         for name, load in slide.associated.items():
@@ -271,18 +394,29 @@ def refocus(
             except Exception as exc:  # an unreadable label must not sink the slide
                 log.warning("%s: associated image %r not carried over: %s", slide_path, name, exc)
         t3 = time.perf_counter()
+        tiles_written = 0
+
+        def on_tiles(n: int) -> None:
+            nonlocal tiles_written
+            tiles_written += n
+            crash_point("write", tiles_written)
+
         write_ome_tiff(
             out, levels, mpp=slide.mpp, channel_names=slide.channel_names, rgb=rgb,
             compression=compression, jpeg_quality=jpeg_quality, associated=associated,
-            annotations=annotations, name=slide_path.name, overwrite=overwrite,
+            annotations=annotations, name=slide_path.name, overwrite=overwrite, progress=on_tiles,
         )
         timings["write"] = time.perf_counter() - t3
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    timings["total"] = time.perf_counter() - t0
+        crash_point("written")
+        timings["total"] = time.perf_counter() - t0
+        record["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["output"] = str(out.resolve())
+        sidecar = write_sidecar(out, record)
+        scratch.remove()  # only now: the output is in place
     log.info("wrote %s in %.1f s", out, timings["total"])
     return RefocusResult(
         output=out, model=info.name, model_sha256=info.sha256, provider=provider,
         windows=plan.grid.n_windows, blocks=nby * nbx, stats=plan.stats, seconds=timings,
-        parameters=parameters,
+        parameters=parameters, resumed_blocks=len(done_blocks), sidecar=sidecar, provenance=record,
     )

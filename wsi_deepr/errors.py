@@ -18,6 +18,7 @@ __all__ = [
     "ModelMismatchError",
     "OutputError",
     "OutputExistsError",
+    "OutputLockedError",
     "ProviderUnavailableError",
     "TilingError",
 ]
@@ -57,6 +58,10 @@ class OutputError(WsiDeeprError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """The output exists and ``overwrite`` was not given."""
+
+
+class OutputLockedError(OutputError):
+    """Another job holds the lock of this output (it is being written)."""
 
 
 class ProviderUnavailableError(WsiDeeprError, RuntimeError):

@@ -256,13 +256,15 @@ def refocus_dask(plan: RefocusPlan):
     return da.Array(graph, name, plan.block_chunks(), dtype=plan.dtype or np.float32)
 
 
-def _store_task(target, reduced, box, block):
+def _store_task(target, reduced, box, block, mark=None, index=None):
     y0, x0, y1, x1 = box
     target[y0:y1, x0:x1, :] = block
     for level, array in enumerate(reduced, start=1):
         block = downsample2(block)
         ry, rx = y0 >> level, x0 >> level
         array[ry:ry + block.shape[0], rx:rx + block.shape[1], :] = block
+    if mark is not None:  # only once every chunk of the block is written
+        mark(*index)
     return (y1 - y0) * (x1 - x0)
 
 
@@ -272,9 +274,11 @@ def store_to_zarr(
     *,
     reduced: tuple = (),
     done: Callable[[int, int], bool] | None = None,
+    mark: Callable[[int, int], None] | None = None,
     scheduler: str | object = "threads",
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    infer_resources: dict[str, float] | None = None,
 ) -> int:
     """Compute the refocused level into ``target`` block by block.
 
@@ -294,6 +298,11 @@ def store_to_zarr(
     done : callable, optional
         ``done(by, bx) -> bool``; blocks for which it is true are not computed
         (resume after an interruption).
+    mark : callable, optional
+        ``mark(by, bx)``, called by the store task (in the worker) after all
+        of the block's chunks, level 0 and ``reduced``, are written: the
+        record that lets ``done`` trust a block after a crash.  Must be
+        picklable for a distributed scheduler.
     scheduler : str or distributed.Client
         ``"threads"``/``"sync"`` for Dask's local schedulers, or a
         ``distributed.Client``.
@@ -303,6 +312,9 @@ def store_to_zarr(
         Called with the number of windows of each block once it is written
         (blocks and window groups correspond one to one), so the calls add
         up to ``plan.grid.n_windows`` for a full run.
+    infer_resources : dict, optional
+        Distributed only: worker resources each inference task needs, e.g.
+        ``{"GPU": 1}``; the merge and store tasks need none.
 
     Returns
     -------
@@ -324,10 +336,12 @@ def store_to_zarr(
     store_keys = []
     for (by, bx), key in zip(blocks, out_keys, strict=True):
         skey = (store_name, by, bx)
-        dsk[skey] = (_store_task, target, tuple(reduced), plan.block_box(by, bx), key)
+        dsk[skey] = (_store_task, target, tuple(reduced), plan.block_box(by, bx), key, mark, (by, bx))
         store_keys.append(skey)
 
     if hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"):
+        if infer_resources:
+            dsk = _annotate_inference(dsk, f"deepr-infer-{token}", infer_resources)
         _run_distributed(scheduler, dsk, store_keys, progress, plan.windows_in_block)
     else:
         _run_local(dsk, store_keys, scheduler, num_workers, store_name, progress, plan.windows_in_block)
@@ -351,6 +365,24 @@ def _run_local(dsk, keys, scheduler, num_workers, store_name, progress, windows)
             from dask.threaded import get as threaded_get
 
             threaded_get(dsk, keys, num_workers=num_workers)
+
+
+class _InferResources:
+    """Layer annotation: ``resources`` for the inference keys, none for the rest."""
+
+    def __init__(self, infer_name: str, resources: dict) -> None:
+        self.infer_name, self.resources = infer_name, dict(resources)
+
+    def __call__(self, key):
+        return self.resources if isinstance(key, tuple) and key[0] == self.infer_name else None
+
+
+def _annotate_inference(dsk: dict, infer_name: str, resources: dict):
+    """The graph as a HighLevelGraph whose inference tasks need ``resources``."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    layer = MaterializedLayer(dsk, annotations={"resources": _InferResources(infer_name, resources)})
+    return HighLevelGraph({"deepr": layer}, {"deepr": set()})
 
 
 def _run_distributed(client, dsk, keys, progress, windows) -> None:

@@ -11,8 +11,10 @@ Pure numpy and zarr: no Dask here (callers that want parallelism wrap it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,13 +131,16 @@ def _is_complete(array: zarr.Array, shape: tuple[int, ...], dtype: np.dtype) -> 
     )
 
 
-def _downsample_level(src: zarr.Array, dst: zarr.Array, *, band: int) -> None:
+def _downsample_level(src: zarr.Array, dst: zarr.Array, *, band: int,
+                      progress: Callable[[int], None] | None = None) -> None:
     """Write ``downsample2(src)`` into ``dst`` in bands of ``band`` output rows."""
     out_h = dst.shape[0]
     for y0 in range(0, out_h, band):
         y1 = min(y0 + band, out_h)
         block = np.asarray(src[2 * y0 : min(2 * y1, src.shape[0])])
         dst[y0:y1] = downsample2(block)
+        if progress is not None:
+            progress(y1 - y0)
 
 
 def build_pyramid(
@@ -145,6 +150,7 @@ def build_pyramid(
     min_size: int = 1024,
     band: int = CHUNK,
     prefix: str = "",
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[zarr.Array]:
     """Build the reduced levels of ``base`` into ``group``.
 
@@ -169,6 +175,9 @@ def build_pyramid(
         Output rows per band; a multiple of 512 avoids partial chunk writes.
     prefix : str, optional
         Prefix of the level array names.
+    progress : callable, optional
+        ``progress(level, rows)``, called after each band of ``rows`` output
+        rows of ``level`` is written (reused levels are not reported).
 
     Returns
     -------
@@ -208,7 +217,8 @@ def build_pyramid(
             fill_value=0,
             overwrite=True,
         )
-        _downsample_level(levels[-1], dst, band=band)
+        report = {} if progress is None else {"progress": functools.partial(progress, i)}
+        _downsample_level(levels[-1], dst, band=band, **report)
         dst.attrs[_COMPLETE] = True
         levels.append(dst)
     return levels

@@ -15,6 +15,7 @@ from .._version import __version__
 # (module, attribute) of every sub-command, registered lazily in ``main``.
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("refocus", "refocus"),
+    ("batch", "batch"),
     ("info", "info"),
     ("models", "models"),
     ("simulate", "simulate"),

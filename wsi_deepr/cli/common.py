@@ -30,9 +30,17 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
-    if verbose < 2:  # third-party chatter stays quiet unless -vv
+    _quiet_third_party(verbose, quiet)
+
+
+def _quiet_third_party(verbose: int, quiet: bool) -> None:
+    """Third-party chatter stays quiet unless -vv (again after importing distributed, which sets its own)."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    if verbose < 2:
         for name in ("distributed", "asyncio", "numcodecs", "tifffile", "PIL"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        for name in ("bokeh", "tornado"):  # the dashboard's web server: warnings about its own setup
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -81,3 +89,107 @@ def handle_errors(func: Callable) -> Callable:
             sys.exit(1)
 
     return wrapper
+
+
+def refocus_options(func: Callable) -> Callable:
+    """The model and tiling options shared by ``refocus`` and ``batch``."""
+    options = [
+        click.option("--model", default=None, metavar="NAME|PATH",
+                     help="Installed model name or .onnx path [default: the default model for the modality]."),
+        click.option("--modality", type=click.Choice(["auto", "brightfield", "fluorescence"]), default="auto",
+                     show_default=True, help="Override the detected modality."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="ONNX Runtime execution provider; 'cuda' fails if CUDA is not usable."),
+        click.option("--tile", type=click.IntRange(min=16), default=512, show_default=True,
+                     help="Model window size in pixels."),
+        click.option("--halo", type=click.IntRange(min=0), default=None,
+                     help="Context pixels cropped from each window side [default: from the model card]."),
+        click.option("--overlap", type=click.IntRange(min=0), default=None,
+                     help="Feathered overlap between windows [default: the halo]."),
+        click.option("--batch", type=click.IntRange(min=1), default=None,
+                     help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA]."),
+        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True,
+                     help="JPEG quality of brightfield RGB output."),
+        click.option("--overwrite", is_flag=True, help="Replace outputs that exist."),
+        click.option("--no-resume", is_flag=True,
+                     help="Discard the scratch of an interrupted run instead of resuming from it."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def cluster_options(func: Callable) -> Callable:
+    """``--scheduler``, ``--workers``, ``--threads-per-worker``, ``--dashboard-address``."""
+    options = [
+        click.option("--scheduler", default="local", show_default=True, metavar="local|threads|ADDRESS",
+                     help="'local': a Dask LocalCluster of worker processes on this machine; 'threads': "
+                          "threads in this process (no cluster); or the address of a running Dask "
+                          "scheduler (tcp://host:8786) to attach to."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="LocalCluster worker processes (threads with --scheduler threads) "
+                          "[default: sized to the machine; 1 per GPU with CUDA]."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
+                     help="Threads of each LocalCluster worker [default: the cores split among the workers]."),
+        click.option("--dashboard-address", default=":8787", show_default=True, metavar="[HOST]:PORT",
+                     help="Where the LocalCluster serves the Dask dashboard (a taken port falls back to a "
+                          "free one)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_scheduler(scheduler: str, *, workers: int | None, threads_per_worker: int | None,
+                   dashboard_address: str, device: str, verbose: int, quiet: bool):
+    """``(scheduler for api.refocus, ClusterClient or None)`` from the CLI options.
+
+    The cluster starts lazily, on the first slide that passed its checks;
+    its dashboard link is printed then (unless ``quiet``).
+    """
+    if scheduler == "threads":
+        return "threads", None
+    import distributed  # noqa: F401 - sets its loggers' levels on import: set ours again after it
+
+    from ..cluster import ClusterClient
+
+    _quiet_third_party(verbose, quiet)
+
+    def announce(client) -> None:
+        if not quiet:
+            click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+
+    gpu = False
+    if scheduler == "local" and device != "cpu":
+        from ..inference import providers_for
+
+        try:
+            gpu = "CUDAExecutionProvider" in providers_for(device)
+        except WsiDeeprError:  # refocus reports it, after the input checks
+            gpu = False
+    cluster = ClusterClient(None if scheduler == "local" else scheduler, workers=workers,
+                            threads_per_worker=threads_per_worker, dashboard_address=dashboard_address,
+                            gpu=gpu, on_start=announce)
+    return cluster, cluster
+
+
+class ProgressBar:
+    """A tqdm bar created on the first ``progress(done, total)`` call (nothing when quiet)."""
+
+    def __init__(self, *, quiet: bool, desc: str = "refocus") -> None:
+        self.quiet, self.desc, self.bar = quiet, desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="tile", desc=self.desc, dynamic_ncols=True, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        """Close the bar (a new one starts on the next call)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

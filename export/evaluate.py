@@ -1,0 +1,333 @@
+"""Validation of an exported model: the issue's quality table and the real smear-stack check.
+
+Usage (from the repository root)::
+
+    python -m export.evaluate MODEL.onnx --dataset VAL.zarr [--split val] [--max-samples 300]
+        [--smear ../shared/data/stacks/smear-brightfield] [--json report.json] [--markdown table.md]
+
+Simulated pairs (the dataset's ``split``): for every pair whose optics are
+recorded (NA, pixel size, spherical aberration; untilted) the defocused input,
+a Richardson-Lucy deconvolution with the TRUE PSF (:func:`wsi_deepr.optics.psf`
+of the recorded setting, the source's channel wavelengths, scikit-image,
+``rl_iterations`` = 30) and the model output are compared with the in-focus
+target: SSIM (Gaussian window, sigma 1.5, as Wang et al.) and PSNR on
+``[0, 1]`` intensities, after cropping ``margin`` px from every side (the same
+for all three), per 1-µm defocus bin.  Tilted pairs have no single true PSF and
+are scored for input and output only.
+
+Smear stack (real focal series, no simulation): the planes are registered to
+``z+00`` and every other plane, and its refocused version, is compared (SSIM)
+with ``z+00``.
+
+The model runs with ONNX Runtime exactly as shipped; its card's
+normalisation is applied as :mod:`wsi_deepr.normalization` does (``range``:
+``[0, 1]`` values are the model space of 8-bit data; ``zscore``: the image's
+own statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Refocuser", "evaluate_pairs", "evaluate_stack", "main", "markdown_table", "model_card_markdown",
+           "rl_true_psf"]
+
+log = logging.getLogger(__name__)
+
+
+class Refocuser:
+    """An exported model run with ONNX Runtime on ``(H, W, C)`` images in ``[0, 1]``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.onnx`` model.
+    threads : int
+        ONNX Runtime intra-op threads.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        from wsi_deepr.model import load_model_info
+
+        self.info = load_model_info(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.spec = self.info.card.normalization
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Refocus one ``(H, W, C)`` float image in ``[0, 1]`` (8-bit scale)."""
+        from wsi_deepr.normalization import compute_stats
+
+        img = np.asarray(image, np.float32)
+        stats = compute_stats(self.spec, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
+        x = stats.normalize(img * 255.0).transpose(2, 0, 1)[None]
+        y = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0][0].transpose(1, 2, 0)
+        return stats.denormalize(y) / 255.0
+
+
+def rl_true_psf(image: np.ndarray, *, na: float, pixel_size_um: float, z_um: float, wavelengths_um: tuple,
+                spherical_waves: float = 0.0, refractive_index: float = 1.0, iterations: int = 30) -> np.ndarray:
+    """Richardson-Lucy deconvolution (scikit-image) of ``(H, W, C)`` with the true defocus PSF."""
+    from skimage.restoration import richardson_lucy
+
+    from wsi_deepr.optics import OpticalSetting, psf
+
+    setting = OpticalSetting(na=min(na, 0.98 * refractive_index), wavelengths_um=tuple(wavelengths_um),
+                             pixel_size_um=pixel_size_um, refractive_index=refractive_index,
+                             spherical_waves=0.0 if not np.isfinite(spherical_waves) else spherical_waves)
+    kernels = psf(setting, z_um)
+    side = min(kernels.shape[-1], 2 * (min(image.shape[:2]) // 2) - 1)
+    o = (kernels.shape[-1] - side) // 2
+    out = np.empty_like(image, dtype=np.float64)
+    for c in range(image.shape[2]):
+        k = np.clip(kernels[c, o : o + side, o : o + side], 0, None)
+        out[:, :, c] = richardson_lucy(np.clip(image[:, :, c], 1e-6, None).astype(np.float64), k / k.sum(),
+                                       num_iter=iterations, clip=False)
+    return out
+
+
+def _scores(pred: np.ndarray, target: np.ndarray, margin: int) -> tuple[float, float]:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    sl = (slice(margin, -margin or None), slice(margin, -margin or None))
+    p, t = np.clip(pred[sl], 0, 1), target[sl]
+    s = structural_similarity(p, t, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False)
+    return float(s), float(peak_signal_noise_ratio(t, p, data_range=1.0))
+
+
+def evaluate_pairs(model: Refocuser, dataset: str | Path, *, split: str = "val", max_samples: int | None = 300,
+                   rl_iterations: int = 30, margin: int = 16) -> dict:
+    """Per-defocus SSIM/PSNR of input, RL-with-true-PSF and output on simulated pairs.
+
+    Returns
+    -------
+    dict
+        ``rows`` (one per 1-µm bin: ``z``, ``n``, ``n_rl``, ``ssim_*``, ``psnr_*``),
+        ``gain_abs_z_ge_3`` (mean SSIM gain of the output over the input for
+        ``|z| >= 3``), ``beats_rl_everywhere`` and ``samples``.
+    """
+    import zarr
+
+    from wsi_deepr.data.dataset import PairDataset
+
+    ds = PairDataset(dataset, split=split, normalize=False, layout="HWC")
+    group = zarr.open_group(str(dataset), mode="r")
+    meta = {k: group[k][:] for k in ("na", "pixel_size_um", "spherical_waves", "tilt", "source", "z_um")}
+    sources = ds.attrs.get("sources", [])
+    n = len(ds) if max_samples is None else min(len(ds), max_samples)
+    picks = np.unique(np.linspace(0, len(ds) - 1, n).round().astype(int)) if n else np.array([], int)
+    records = []
+    for i in picks:
+        s = ds[int(i)]
+        row = int(s["index"])
+        inp, tgt = s["input"], s["target"]
+        out = model(inp)
+        rec = {"z": float(meta["z_um"][row]), "tilted": bool(np.abs(meta["tilt"][row]).sum() > 0)}
+        rec["ssim_input"], rec["psnr_input"] = _scores(inp, tgt, margin)
+        rec["ssim_output"], rec["psnr_output"] = _scores(out, tgt, margin)
+        na, px = float(meta["na"][row]), float(meta["pixel_size_um"][row])
+        src = sources[int(meta["source"][row])] if int(meta["source"][row]) < len(sources) else {}
+        wl = src.get("wavelengths_um")
+        if not rec["tilted"] and np.isfinite(na) and np.isfinite(px) and wl:
+            rl = rl_true_psf(inp, na=na, pixel_size_um=px, z_um=rec["z"], wavelengths_um=tuple(wl),
+                             spherical_waves=float(meta["spherical_waves"][row]), iterations=rl_iterations)
+            rec["ssim_rl"], rec["psnr_rl"] = _scores(rl, tgt, margin)
+        records.append(rec)
+    rows = []
+    for zb in sorted({round(r["z"]) for r in records}):
+        grp = [r for r in records if round(r["z"]) == zb]
+        with_rl = [r for r in grp if "ssim_rl" in r]
+        row = {"z": zb, "n": len(grp), "n_rl": len(with_rl)}
+        for key in ("ssim_input", "ssim_output", "psnr_input", "psnr_output"):
+            row[key] = float(np.mean([r[key] for r in grp]))
+        for key in ("ssim_rl", "psnr_rl"):
+            row[key] = float(np.mean([r[key] for r in with_rl])) if with_rl else None
+        for key in ("ssim_input", "ssim_output"):  # the same pairs as RL, for a like-for-like comparison
+            row[key + "_rl_pairs"] = float(np.mean([r[key] for r in with_rl])) if with_rl else None
+        rows.append(row)
+    far = [r["ssim_output"] - r["ssim_input"] for r in records if abs(r["z"]) >= 3]
+    beats = all(r["ssim_rl"] is None or r["ssim_output_rl_pairs"] > r["ssim_rl"] for r in rows)
+    return {"rows": rows, "samples": len(records), "margin": margin, "rl_iterations": rl_iterations,
+            "gain_abs_z_ge_3": float(np.mean(far)) if far else None, "beats_rl_everywhere": bool(beats),
+            "mean_ssim_input": float(np.mean([r["ssim_input"] for r in records])) if records else None,
+            "mean_ssim_output": float(np.mean([r["ssim_output"] for r in records])) if records else None}
+
+
+def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0) -> dict:
+    """SSIM of every plane of a real focal series, and of its refocused version, to ``z+00``.
+
+    ``scale`` < 1 shrinks each plane before the model and enlarges the result
+    back (to try the model at another pixel size).
+    """
+    from skimage.metrics import structural_similarity
+    from skimage.transform import resize
+
+    from wsi_deepr.data.registration import register_stack
+    from wsi_deepr.data.stacks import read_stack
+
+    stack = read_stack(folder)
+    labels = [int(v) for v in stack.z_index]
+    if 0 not in labels:
+        raise ValueError(f"{folder}: no plane labelled 0 (the in-focus reference)")
+    reg = register_stack(stack, reference=labels.index(0))
+    top = 255.0 if stack.dtype == np.uint8 else float(np.iinfo(stack.dtype).max)
+    planes = np.clip(reg.planes / top, 0, 1)
+    ref = planes[labels.index(0)]
+
+    def ssim(a: np.ndarray) -> float:
+        return float(structural_similarity(np.clip(a, 0, 1), ref, data_range=1.0, channel_axis=-1,
+                                           gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+
+    def there_and_back(img: np.ndarray, fn) -> np.ndarray:
+        small = resize(img, (round(img.shape[0] * scale), round(img.shape[1] * scale)), anti_aliasing=True)
+        return resize(fn(small), img.shape, order=1)
+
+    rows = []
+    for label, plane in zip(labels, planes):
+        if label == 0:
+            continue
+        row = {"plane": label, "ssim_input": ssim(plane)}
+        if scale != 1.0:
+            row["ssim_output"] = ssim(there_and_back(plane, model))
+            # the same resampling without the model: what resampling alone costs
+            row["ssim_input_resampled"] = ssim(there_and_back(plane, lambda a: a))
+        else:
+            row["ssim_output"] = ssim(model(plane))
+        rows.append(row)
+    near = [r for r in rows if 1 <= abs(r["plane"]) <= 5]
+    return {"stack": str(folder), "scale": scale, "rows": rows,
+            "improves_all_1_to_5": bool(near) and all(r["ssim_output"] > r["ssim_input"] for r in near),
+            "mean_change_1_to_5": float(np.mean([r["ssim_output"] - r["ssim_input"] for r in near])) if near else None}
+
+
+def markdown_table(pairs: dict | None, stacks: list[dict] | None = None) -> str:
+    """The validation table (and smear rows) as Markdown."""
+    lines = []
+    if pairs:
+        lines += ["| z (µm) | n | SSIM input | SSIM RL-true-PSF | SSIM output | PSNR input | PSNR RL | PSNR output |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+        def f(v: float | None, d: int) -> str:
+            return "–" if v is None else f"{v:.{d}f}"
+
+        for r in pairs["rows"]:
+            lines.append(f"| {r['z']:+d} | {r['n']} | {f(r['ssim_input'], 3)} | {f(r['ssim_rl'], 3)} | "
+                         f"{f(r['ssim_output'], 3)} | {f(r['psnr_input'], 2)} | {f(r['psnr_rl'], 2)} | "
+                         f"{f(r['psnr_output'], 2)} |")
+        g = pairs["gain_abs_z_ge_3"]
+        lines += ["", (f"Mean SSIM gain for |z| >= 3 µm: {f(g, 3)} (target >= +0.15); output above RL-true-PSF "
+                      f"in every bin: {pairs['beats_rl_everywhere']}; {pairs['samples']} pairs, "
+                      f"{pairs['margin']} px margin.")]
+    for st in stacks or []:
+        resampled = "ssim_input_resampled" in st["rows"][0] if st["rows"] else False
+        lines += ["", f"Smear stack (scale {st['scale']}): SSIM to z+00",
+                  "| plane | input | output |" + (" input resampled there and back |" if resampled else ""),
+                  "|---:|---:|---:|" + ("---:|" if resampled else "")]
+        lines += [f"| {r['plane']:+d} | {r['ssim_input']:.3f} | {r['ssim_output']:.3f} |"
+                  + (f" {r['ssim_input_resampled']:.3f} |" if resampled else "") for r in st["rows"]]
+        lines.append(f"\nAll planes ±1…±5 improved: {st['improves_all_1_to_5']}; mean change "
+                     f"{st['mean_change_1_to_5']:+.3f}.")
+    return "\n".join(lines) + "\n"
+
+
+def model_card_markdown(report: dict, *, dataset_attrs: dict | None = None, limits: list[str] | None = None) -> str:
+    """``MODEL_CARD.md`` text: file, card, data, optics, training, validation table, limits."""
+    card, extra = report["card"], report["card"].get("extra", {})
+    training = json.loads(extra.get("training", "{}") or "{}")
+    halo = json.loads(extra.get("halo_measurement", "{}") or "{}")
+    cfg = training.get("config", {})
+    name = Path(report["model"]).name
+    lines = [f"# {name}", "", card["description"], "",
+             f"* file: `{name}`, sha256 `{report['sha256']}`",
+             f"* default model: {'yes' if card.get('default') else 'no'}", "", "## Model card (ONNX metadata)", "",
+             "| key | value |", "|---|---|"]
+    lines += [f"| {k} | {card[k]} |" for k in ("modality", "channels", "mpp", "defocus_range_um", "normalization",
+                                                "halo", "version")]
+    lines += ["", (f"Halo: measured receptive field of the correction ({halo.get('probe', '?')}): 99 % within "
+                  f"{halo.get('radius_0.99_correction')} px, 99.9 % within {halo.get('radius_0.999_correction')} px "
+                  f"(of the whole output: {halo.get('radius_0.99_output')} / {halo.get('radius_0.999_output')} px)."),
+              "", "## Training data", ""]
+    if dataset_attrs:
+        summary, settings = dataset_attrs.get("summary", {}), dataset_attrs.get("settings", {})
+        lines += [(f"* builder: {dataset_attrs.get('kind')} ({settings.get('builder')}), "
+                  f"{summary.get('pairs')} pairs of {dataset_attrs.get('patch_size')} px: train {summary.get('train')}, "
+                  f"validation {summary.get('val')} (fields of view {summary.get('fov_train')} / {summary.get('fov_val')}; "
+                  "validation fields never used for training)"),
+                  "* in-focus sources: " + ", ".join(f"{s.get('name')} ({s.get('pixel_size_um')} µm/px"
+                                                      f"{', assumed' if s.get('pixel_size_assumed') else ''})"
+                                                      for s in dataset_attrs.get("sources", [])),
+                  (f"* pixel size of the pairs: {summary.get('pixel_size_um', {}).get('quantiles_10_50_90')} µm "
+                  "(10/50/90 %)")]
+        ranges = settings.get("ranges")
+        if ranges:
+            lines += ["* domain-randomised optics: " + "; ".join(f"{k} {v}" for k, v in ranges.items())]
+    else:
+        lines += [f"* dataset: {training.get('dataset')}; sources {training.get('sources')}"]
+    secs = training.get("seconds")
+    lines += ["", "## Training", "",
+              (f"* {training.get('iterations')} iterations ({training.get('generator_updates')} generator updates), "
+              f"{'?' if secs is None else f'{secs / 3600:.2f} h'} on {training.get('hardware')}"),
+              (f"* generator width {cfg.get('width')} (max {cfg.get('max_width')}), batch {cfg.get('batch_size')}, "
+              f"crop {cfg.get('crop')}, lr {cfg.get('lr_g')} / {cfg.get('lr_d')}, "
+              f"{cfg.get('g_steps')} G + {cfg.get('d_steps')} D updates per iteration"),
+              (f"* warm start: the first {cfg.get('warmup')} iterations trained the generator alone "
+              "(MS-SSIM + BerHu, no adversarial term)"), "", "## Validation", "",
+              markdown_table(report.get("pairs"), report.get("stacks")), "## Known limits", ""]
+    lines += [f"* {item}" for item in (limits or [])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", type=Path, help="exported .onnx model")
+    p.add_argument("--dataset", type=Path, help="pair dataset (.zarr) to score")
+    p.add_argument("--split", default="val", choices=("train", "val", "all"))
+    p.add_argument("--max-samples", type=int, default=300)
+    p.add_argument("--rl-iterations", type=int, default=30)
+    p.add_argument("--margin", type=int, default=16, help="px cropped from each side before scoring")
+    p.add_argument("--smear", type=Path, help="folder of a real focal series with a z+00 plane")
+    p.add_argument("--smear-scale", type=float, action="append", default=None,
+                   help="also run the stack at this scale (repeatable; default 1)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    p.add_argument("--card-md", type=Path, help="write a MODEL_CARD.md here (with --dataset: its data and optics)")
+    p.add_argument("--limit", action="append", default=[], help="a known limit for the model card (repeatable)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = Refocuser(args.model, threads=args.threads)
+    report: dict = {"model": str(args.model), "sha256": model.info.sha256, "card": model.info.card.as_dict()}
+    if args.dataset:
+        report["pairs"] = evaluate_pairs(model, args.dataset, split=args.split, max_samples=args.max_samples,
+                                         rl_iterations=args.rl_iterations, margin=args.margin)
+    if args.smear:
+        report["stacks"] = [evaluate_stack(model, args.smear, scale=s) for s in (args.smear_scale or [1.0])]
+    table = markdown_table(report.get("pairs"), report.get("stacks"))
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.card_md:
+        from wsi_deepr.data.dataset import read_attrs
+
+        attrs = read_attrs(args.dataset) if args.dataset else None
+        args.card_md.write_text(model_card_markdown(report, dataset_attrs=attrs, limits=args.limit))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,425 @@
+"""Deep-R training: resumable GAN training on a ``wsi-deepr dataset`` pair dataset.
+
+Usage (from the repository root)::
+
+    python -m export.train --dataset D.zarr --out RUN_DIR [--width 16] [--iterations 2000]
+                           [--warmup 200] [--crop 128] [--minutes 60] [--pause-file F] [-v]
+
+One *iteration* is ``g_steps`` (6) generator updates and ``d_steps`` (3)
+discriminator updates, each on a fresh batch; the first ``warmup`` iterations
+train the generator alone (no adversarial term, no discriminator updates).
+Every ``val_every`` (50) iterations the generator is validated on a fixed
+subset of the validation split, ``RUN_DIR/last.pt`` is written (everything
+needed to continue) and ``RUN_DIR/best.pt`` when the validation BerHu is the
+lowest so far.  ``RUN_DIR/log.csv`` gets one row per ``log_every`` iterations
+(training terms, weights and weighted contributions) and one per validation.
+
+Running the same command again continues from ``last.pt`` with the stored
+configuration (``--iterations`` and ``--minutes`` may be changed); batches are
+drawn from a generator seeded by ``(seed, iteration, step)``, so a resumed run
+sees the same batches as an uninterrupted one.  SIGTERM/SIGINT save a
+checkpoint before exiting.  With ``--pause-file F`` training sleeps between
+iterations while ``F`` exists (a shared machine's "quiet, benchmarking" flag).  Checkpoints load with ``torch.load(weights_only=True)``.
+
+Loss weights: ``xi`` (BerHu) is fixed; with ``balance`` on, ``nu`` and
+``lambda`` are re-set at every validation (geometric mean of the old value and
+the one that makes the term's mean since the last validation equal to the
+BerHu term's), so the three terms contribute about equally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import NORMALIZATIONS, TorchPairs
+from .losses import discriminator_loss, generator_terms, ms_ssim, ssim
+from .models import Discriminator, Generator, count_parameters
+
+__all__ = ["TrainConfig", "build_generator", "load_checkpoint", "main", "train", "validate"]
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("iteration", "kind", "phase", "seconds", "g_updates", "adv", "msssim", "berhu",
+              "lambda", "nu", "xi", "c_adv", "c_msssim", "c_berhu", "g_loss", "d_loss", "d_real", "d_fake",
+              "val_berhu", "val_msssim", "val_ssim", "val_psnr", "val_ssim_input", "val_psnr_input")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored in its checkpoints)."""
+
+    dataset: str
+    width: int = 16
+    max_width: int | None = None
+    levels: int = 4
+    d_width: int = 16
+    d_depth: int = 5
+    normalization: str = "range"
+    batch_size: int = 5
+    crop: int | None = None
+    lr_g: float = 5e-4
+    lr_d: float = 1e-6
+    g_steps: int = 6
+    d_steps: int = 3
+    iterations: int = 2000
+    warmup: int = 0
+    val_every: int = 50
+    val_samples: int = 64
+    log_every: int = 5
+    lam: float = 0.05
+    nu: float = 1.0
+    xi: float = 1.0
+    balance: bool = True
+    berhu_fraction: float = 0.1
+    gray_prob: float = 0.0
+    contrast_jitter: float = 0.0
+    seed: int = 0
+    threads: int | None = None
+    minutes: float | None = None
+    pause_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """From a stored dict (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def build_generator(cfg: dict, stats: dict) -> Generator:
+    """A generator from a checkpoint's ``generator_config`` and statistics."""
+    return Generator(**cfg, mean=stats["mean"], std=stats["std"])
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def _save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validate(gen: Generator, data: TorchPairs, *, rows: np.ndarray, c: float, batch: int = 8) -> dict:
+    """Validation metrics of ``gen`` on samples ``rows`` of ``data`` (whole patches, no flips).
+
+    BerHu in the standardised space; MS-SSIM, SSIM and PSNR on ``[0, 1]``
+    intensities (output clipped), also for the input (the baseline).
+    """
+    was = gen.training
+    gen.eval()
+    acc: dict[str, float] = {}
+    n = 0
+    for s in range(0, len(rows), batch):
+        pairs = [data.sample(int(i)) for i in rows[s : s + batch]]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        pred = gen(x)
+        pr, yr, xr = data.to_range(pred).clamp(0, 1), data.to_range(y), data.to_range(x).clamp(0, 1)
+        k = x.shape[0]
+        e = (data.to_std(pred) - data.to_std(y)).abs()
+        vals = {"val_berhu": torch.where(e <= c, e, (e * e + c * c) / (2 * c)).mean(),
+                "val_msssim": ms_ssim(pr, yr), "val_ssim": ssim(pr, yr), "val_ssim_input": ssim(xr, yr),
+                "val_psnr": _psnr(pr, yr), "val_psnr_input": _psnr(xr, yr)}
+        for key, v in vals.items():
+            acc[key] = acc.get(key, 0.0) + float(v) * k
+        n += k
+    gen.train(was)
+    return {k: v / n for k, v in acc.items()}
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return (10.0 * torch.log10(1.0 / mse)).mean()
+
+
+class _CsvLog:
+    def __init__(self, path: Path, *, keep_until: int) -> None:
+        self.path = path
+        rows = []
+        if path.exists():  # drop rows logged after the checkpoint we resume from
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= keep_until]
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in CSV_FIELDS})
+
+
+def _val_rows(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] | None = None,
+          progress: Callable[[dict], None] | None = None) -> dict:
+    """Train (or continue training) into ``run_dir``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Used for a new run; a run with ``last.pt`` continues with its stored
+        configuration, taking only ``iterations``, ``minutes`` and ``threads``
+        from ``config``.
+    run_dir : str or Path
+        Checkpoints, ``config.json`` and ``log.csv``.
+    stop : callable, optional
+        Polled after every iteration; ``True`` saves a checkpoint and returns.
+    progress : callable, optional
+        Called with each logged row (training and validation).
+
+    Returns
+    -------
+    dict
+        ``iteration``, ``best_val_berhu``, ``best_iteration`` and the last validation.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    last_path = run / "last.pt"
+    state = load_checkpoint(last_path) if last_path.exists() else None
+    if state is not None:
+        stored = TrainConfig.from_dict(state["config"])
+        if Path(config.dataset).resolve() != Path(stored.dataset).resolve():
+            log.warning("resuming with the stored dataset %s (not %s)", stored.dataset, config.dataset)
+        stored.iterations, stored.minutes = config.iterations, config.minutes
+        stored.threads, stored.pause_file = config.threads, config.pause_file
+        config = stored
+        log.info("resuming %s at iteration %d", run, state["iteration"])
+    if config.normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={config.normalization!r}: use one of {NORMALIZATIONS}")
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    data = TorchPairs(config.dataset, split="train", normalization=config.normalization, crop=config.crop,
+                      augment=True)
+    val = TorchPairs(config.dataset, split="val", normalization=config.normalization)
+    mean, std = data.generator_stats()
+    gen = Generator(data.channels, width=config.width, max_width=config.max_width, levels=config.levels,
+                    mean=mean, std=std)
+    disc = Discriminator(data.channels, width=config.d_width, depth=config.d_depth)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d)
+    c = data.berhu_threshold(config.berhu_fraction)
+    weights = {"lambda": config.lam, "nu": config.nu, "xi": config.xi}
+    it, best, best_it, elapsed, g_updates = 0, math.inf, -1, 0.0, 0
+    if state is not None:
+        gen.load_state_dict(state["generator"])
+        disc.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        it, best, best_it = int(state["iteration"]), float(state["best_val_berhu"]), int(state["best_iteration"])
+        elapsed, g_updates = float(state["seconds"]), int(state["g_updates"])
+        weights = dict(state["weights"])
+    meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(), "generator_config": gen.config(),
+            "generator_stats": {"mean": mean, "std": std}, "parameters": count_parameters(gen)}
+    (run / "config.json").write_text(json.dumps({"config": asdict(config), "meta": meta}, indent=2))
+    log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs",
+             gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val))
+    csv_log = _CsvLog(run / "log.csv", keep_until=it)
+    rows = _val_rows(len(val), config.val_samples)
+    sums: dict[str, float] = {}  # since the last logged row
+    counted = 0
+    # term sums since the last validation (for balancing; checkpointed so a resumed run matches)
+    bal = dict(state["balance_sums"]) if state is not None else {}
+    start = time.perf_counter() - elapsed
+    deadline = None if config.minutes is None else time.perf_counter() + 60.0 * config.minutes
+    last_val: dict = dict(state.get("validation", {})) if state is not None else {}
+
+    def checkpoint() -> None:
+        _save({"config": asdict(config), "meta": meta, "iteration": it, "seconds": time.perf_counter() - start,
+               "g_updates": g_updates, "weights": weights, "balance_sums": bal, "validation": last_val,
+               "best_val_berhu": best, "best_iteration": best_it,
+               "generator": gen.state_dict(), "discriminator": disc.state_dict(),
+               "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, last_path)
+
+    gen.train()
+    disc.train()
+    while it < config.iterations:
+        adversarial = it >= config.warmup
+        for p in disc.parameters():
+            p.requires_grad_(False)
+        for k in range(config.g_steps):
+            x, y = data.batch(np.random.default_rng([config.seed, it, k]), config.batch_size,
+                              gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter)
+            pred = gen(x)
+            d_fake = disc(data.to_std(pred)) if adversarial else None
+            terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
+                                    target_range=data.to_range(y), c=c)
+            loss = weights["lambda"] * terms["adv"] + weights["nu"] * terms["msssim"] + weights["xi"] * terms["berhu"]
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            g_updates += 1
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + v.item()
+                bal[key] = bal.get(key, 0.0) + v.item()
+            bal["n"] = bal.get("n", 0.0) + 1.0
+            sums["g_loss"] = sums.get("g_loss", 0.0) + loss.item()
+            counted += 1
+        if adversarial:
+            for p in disc.parameters():
+                p.requires_grad_(True)
+            for k in range(config.d_steps):
+                x, y = data.batch(np.random.default_rng([config.seed, it, 100 + k]), config.batch_size,
+                                  gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter)
+                with torch.no_grad():
+                    pred = gen(x)
+                d_fake, d_real = disc(data.to_std(pred)), disc(data.to_std(y))
+                loss_d = discriminator_loss(d_fake, d_real)
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                sums["d_loss"] = sums.get("d_loss", 0.0) + loss_d.item() / config.d_steps
+                sums["d_real"] = sums.get("d_real", 0.0) + d_real.mean().item() / config.d_steps
+                sums["d_fake"] = sums.get("d_fake", 0.0) + d_fake.mean().item() / config.d_steps
+        it += 1
+        if config.pause_file and Path(config.pause_file).exists():
+            paused = _pause(Path(config.pause_file), stop)
+            start += paused  # paused time counts neither as training time nor against --minutes
+            deadline = None if deadline is None else deadline + paused
+        stopping = (stop is not None and stop()) or (deadline is not None and time.perf_counter() > deadline)
+        periodic = it % config.val_every == 0  # rebalancing only here, so resumed runs match
+        validating = periodic or it == config.iterations
+        if it % config.log_every == 0 or validating or stopping:
+            row = _train_row(it, adversarial, time.perf_counter() - start, g_updates, sums, counted,
+                             config.g_steps, weights)
+            csv_log.write(row)
+            if progress is not None:
+                progress(row)
+            log.info("it %d (%s) %.0fs  adv %.4f  1-msssim %.4f  berhu %.4f  | weighted %.4f %.4f %.4f  d %s",
+                     it, row["phase"], row["seconds"], row.get("adv", 0.0), row.get("msssim", 0.0),
+                     row.get("berhu", 0.0), row["c_adv"], row["c_msssim"], row["c_berhu"],
+                     f"{row['d_loss']:.4f}" if "d_loss" in row else "-")
+            sums, counted = {}, 0
+        if validating:
+            if periodic:
+                if config.balance and bal.get("n"):
+                    _rebalance(weights, {k: v / bal["n"] for k, v in bal.items()}, adversarial=adversarial)
+                bal = {}
+            last_val = validate(gen, val, rows=rows, c=c)
+            vrow = {"iteration": it, "kind": "val", "phase": "gan" if adversarial else "warmup",
+                    "seconds": time.perf_counter() - start, "g_updates": g_updates, **last_val}
+            csv_log.write(vrow)
+            if progress is not None:
+                progress(vrow)
+            log.info("validation at %d: berhu %.4f  ssim %.4f (input %.4f)  psnr %.2f (input %.2f)", it,
+                     last_val["val_berhu"], last_val["val_ssim"], last_val["val_ssim_input"],
+                     last_val["val_psnr"], last_val["val_psnr_input"])
+            if last_val["val_berhu"] < best:
+                best, best_it = last_val["val_berhu"], it
+                _save({"config": asdict(config), "meta": meta, "iteration": it, "validation": last_val,
+                       "seconds": time.perf_counter() - start, "g_updates": g_updates,
+                       "generator": gen.state_dict()}, run / "best.pt")
+        if validating or stopping:
+            checkpoint()
+        if stopping:
+            log.info("stopping at iteration %d (checkpoint saved)", it)
+            break
+    return {"iteration": it, "best_val_berhu": best, "best_iteration": best_it, "validation": last_val}
+
+
+def _hardware() -> str:
+    import platform
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}, torch {torch.__version__}"
+
+
+def _pause(flag: Path, stop: Callable[[], bool] | None) -> float:
+    """Sleep while ``flag`` exists (someone else needs the CPUs); return the seconds paused."""
+    t0 = time.perf_counter()
+    log.info("%s exists: pausing", flag)
+    while flag.exists() and not (stop is not None and stop()):
+        time.sleep(5.0)
+    paused = time.perf_counter() - t0
+    log.info("resuming after %.0f s", paused)
+    return paused
+
+
+def _train_row(it: int, adversarial: bool, seconds: float, g_updates: int, sums: dict, counted: int,
+               g_steps: int, weights: dict) -> dict:
+    """A CSV row of the mean training terms since the last row."""
+    n = max(counted, 1)
+    mean_t = {k: v / n for k, v in sums.items() if not k.startswith("d_")}
+    mean_t.update({k: v * g_steps / n for k, v in sums.items() if k.startswith("d_")})
+    return {"iteration": it, "kind": "train", "phase": "gan" if adversarial else "warmup", "seconds": seconds,
+            "g_updates": g_updates, **mean_t, **weights,
+            "c_adv": weights["lambda"] * mean_t.get("adv", 0.0),
+            "c_msssim": weights["nu"] * mean_t.get("msssim", 0.0),
+            "c_berhu": weights["xi"] * mean_t.get("berhu", 0.0)}
+
+
+def _rebalance(weights: dict, means: dict, *, adversarial: bool) -> None:
+    """Move ``nu`` and ``lambda`` halfway (geometrically) to equal contributions."""
+    target = weights["xi"] * means.get("berhu", 0.0)
+    pairs = [("nu", "msssim")] + ([("lambda", "adv")] if adversarial else [])
+    for w, term in pairs:
+        value = means.get(term, 0.0)
+        if target > 0 and value > 1e-8:
+            weights[w] = float(np.clip(math.sqrt(weights[w] * target / value), 1e-3, 1e3))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="pair dataset (.zarr) from `wsi-deepr dataset`")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.csv); resumes if it has last.pt")
+    d = TrainConfig(dataset="")
+    for f in fields(TrainConfig):
+        if f.name == "dataset":
+            continue
+        default = getattr(d, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"max_width": int, "crop": int, "threads": int, "minutes": float,
+                    "pause_file": str}.get(f.name, type(default))
+            p.add_argument(flag, type=kind, default=default, help=f"(default: {default})")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    import signal
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    config = TrainConfig(**values)
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: object) -> None:
+        log.warning("signal %d: finishing the iteration and saving a checkpoint", signum)
+        flag["stop"] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = train(config, args.out, stop=lambda: flag["stop"])
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
