@@ -12,6 +12,10 @@ back with the *same* statistics.  Training reproduces that:
     The paper's zero-mean, unit-variance standardisation is done *inside* the
     generator with the training split's input statistics (fixed buffers), so
     it needs nothing from the slide.
+``range`` (fluorescence, 16-bit storage)
+    every source is stored divided by its 99.9th percentile, so model space is
+    ``slide / p99.9``: the card says ``percentile:0:99.9`` (see
+    :attr:`TorchPairs.card_normalization`).
 ``zscore``
     model space = ``(stored / intensity_scale - mean_in) / std_in`` for input
     and target alike, with the training split's input statistics standing in
@@ -150,9 +154,21 @@ class TorchPairs(torch.utils.data.Dataset):
                 "mpp_range": [round(float(known.min()), 4), round(float(known.max()), 4)] if known.size else None,
                 "mpp_assumed_for_some_sources": bool(assumed),
                 "defocus_range_um": [round(float(z.get("min", math.nan)), 2), round(float(z.get("max", math.nan)), 2)],
-                "normalization": self.normalization, "dataset": str(self.path.resolve()),
+                "normalization": self.card_normalization, "dataset": str(self.path.resolve()),
                 "pairs_train_val": [summary.get("train"), summary.get("val")],
                 "sources": [s.get("name", s.get("path")) for s in self.attrs.get("sources", [])]}
+
+    @property
+    def card_normalization(self) -> str:
+        """The inference-side spec (:mod:`wsi_deepr.normalization`) that gives this model space.
+
+        ``range`` on a fluorescence dataset is the dataset's own scaling (every
+        source divided by its 99.9th percentile, so 1.0 = that percentile): on a
+        slide that is ``percentile:0:99.9``, computed once per slide and channel.
+        """
+        if self.normalization == "range" and self.attrs.get("modality") == "fluorescence":
+            return "percentile:0:99.9"
+        return self.normalization
 
     # ---------------------------------------------------------------- spaces
     def _vec(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -187,13 +203,17 @@ class TorchPairs(torch.utils.data.Dataset):
         return s["input"] * self.scale, s["target"] * self.scale
 
     def sample(self, i: int, *, k: int = 0, offset: tuple[int, int] = (0, 0), gray: bool = False,
-               contrast: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               contrast: float = 1.0, identity: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``i`` (``CHW`` float32, model space), cropped at ``offset``, dihedral ``k``.
 
         ``gray`` replaces both images by their luminance (RGB only); ``contrast``
-        scales both about the target's mean intensity (clipped to ``[0, 1]``).
+        scales both about the target's mean intensity (clipped to ``[0, 1]``);
+        ``identity`` replaces the input by the target (an in-focus input, which
+        the generator must leave as it is).
         """
         inp, tgt = self._raw(i)
+        if identity:
+            inp = tgt
         if self.crop is not None:
             y, x = offset
             inp, tgt = inp[y : y + self.crop, x : x + self.crop], tgt[y : y + self.crop, x : x + self.crop]
@@ -213,11 +233,15 @@ class TorchPairs(torch.utils.data.Dataset):
         return out[0], out[1]
 
     def batch(self, rng: np.random.Generator, size: int, *, gray_prob: float = 0.0,
-              contrast_jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+              contrast_jitter: float = 0.0, contrast_range: tuple[float, float] | None = None,
+              identity_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """A random training batch (indices, crops, flips and photometric jitter drawn from ``rng``).
 
         ``gray_prob``: chance that a pair is turned to grey (both images);
-        ``contrast_jitter``: both images' contrast scaled by ``U(1 - j, 1 + j)``.
+        ``contrast_jitter``: both images' contrast scaled by ``U(1 - j, 1 + j)``;
+        ``contrast_range`` ``(lo, hi)``: instead, scaled by a log-uniform factor
+        in ``[lo, hi]`` (low-contrast, in-focus material must not be taken for
+        defocus); ``identity_prob``: chance that the input is the target itself.
         """
         idx = rng.integers(0, len(self), size)
         span = self.patch_size - (self.crop or self.patch_size) + 1
@@ -226,8 +250,13 @@ class TorchPairs(torch.utils.data.Dataset):
             k = int(rng.integers(0, 8)) if self.augment else 0
             off = (int(rng.integers(0, span)), int(rng.integers(0, span)))
             gray = bool(gray_prob and rng.random() < gray_prob)
-            contrast = float(rng.uniform(1 - contrast_jitter, 1 + contrast_jitter)) if contrast_jitter else 1.0
-            pairs.append(self.sample(int(i), k=k, offset=off, gray=gray, contrast=contrast))
+            if contrast_range is not None:
+                lo, hi = contrast_range
+                contrast = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+            else:
+                contrast = float(rng.uniform(1 - contrast_jitter, 1 + contrast_jitter)) if contrast_jitter else 1.0
+            identity = bool(identity_prob and rng.random() < identity_prob)
+            pairs.append(self.sample(int(i), k=k, offset=off, gray=gray, contrast=contrast, identity=identity))
         return (torch.from_numpy(np.stack([p[0] for p in pairs])),
                 torch.from_numpy(np.stack([p[1] for p in pairs])))
 

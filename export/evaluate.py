@@ -63,11 +63,21 @@ class Refocuser:
         self.input_name = self.session.get_inputs()[0].name
         self.spec = self.info.card.normalization
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Refocus one ``(H, W, C)`` float image in ``[0, 1]`` (8-bit scale)."""
-        from wsi_deepr.normalization import compute_stats
+    def __call__(self, image: np.ndarray, *, prescaled: bool = False) -> np.ndarray:
+        """Refocus one ``(H, W, C)`` float image in ``[0, 1]`` (8-bit scale).
+
+        ``prescaled``: the image is a pair dataset's stored sample, already in
+        the scaling the card's ``range``/``percentile`` normalisation gives a
+        whole slide (8-bit / 255, or a fluorescence source over its 99.9th
+        percentile), so it goes to the model as it is.  Otherwise the card's
+        normalisation is computed on this image alone.
+        """
+        from wsi_deepr.normalization import compute_stats, parse_spec
 
         img = np.asarray(image, np.float32)
+        if prescaled and parse_spec(self.spec)[0] in ("range", "percentile"):
+            x = np.ascontiguousarray(img.transpose(2, 0, 1)[None])
+            return self.session.run(None, {self.input_name: x})[0][0].transpose(1, 2, 0)
         stats = compute_stats(self.spec, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
         x = stats.normalize(img * 255.0).transpose(2, 0, 1)[None]
         y = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0][0].transpose(1, 2, 0)
@@ -131,7 +141,7 @@ def evaluate_pairs(model: Refocuser, dataset: str | Path, *, split: str = "val",
         s = ds[int(i)]
         row = int(s["index"])
         inp, tgt = s["input"], s["target"]
-        out = model(inp)
+        out = model(inp, prescaled=True) if isinstance(model, Refocuser) else model(inp)
         rec = {"z": float(meta["z_um"][row]), "tilted": bool(np.abs(meta["tilt"][row]).sum() > 0)}
         rec["ssim_input"], rec["psnr_input"] = _scores(inp, tgt, margin)
         rec["ssim_output"], rec["psnr_output"] = _scores(out, tgt, margin)
@@ -163,11 +173,15 @@ def evaluate_pairs(model: Refocuser, dataset: str | Path, *, split: str = "val",
             "mean_ssim_output": float(np.mean([r["ssim_output"] for r in records])) if records else None}
 
 
-def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0) -> dict:
+def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0, reference: int | None = None,
+                   step: int = 1) -> dict:
     """SSIM of every plane of a real focal series, and of its refocused version, to ``z+00``.
 
     ``scale`` < 1 shrinks each plane before the model and enlarges the result
-    back (to try the model at another pixel size).
+    back (to try the model at another pixel size).  ``reference``: the index
+    of the in-focus plane when the series has no plane labelled 0 (a
+    multi-page TIFF); planes are then labelled by their offset from it,
+    counted in steps of ``step`` planes (every ``step``-th plane is scored).
     """
     from skimage.metrics import structural_similarity
     from skimage.transform import resize
@@ -177,10 +191,17 @@ def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0) 
 
     stack = read_stack(folder)
     labels = [int(v) for v in stack.z_index]
+    if reference is not None:
+        if not 0 <= reference < len(labels):
+            raise ValueError(f"{folder}: reference plane {reference} outside 0..{len(labels) - 1}")
+        keep = [i for i in range(len(labels)) if (i - reference) % step == 0]
+        stack = read_stack(folder, planes=keep)
+        labels = [(i - reference) // step for i in keep]
     if 0 not in labels:
-        raise ValueError(f"{folder}: no plane labelled 0 (the in-focus reference)")
+        raise ValueError(f"{folder}: no plane labelled 0 (the in-focus reference); pass its index as reference")
     reg = register_stack(stack, reference=labels.index(0))
-    top = 255.0 if stack.dtype == np.uint8 else float(np.iinfo(stack.dtype).max)
+    # 8-bit: / 255; deeper (fluorescence): / the series' 99.9th percentile, as the dataset builder scales stacks
+    top = 255.0 if stack.dtype == np.uint8 else float(max(np.percentile(reg.planes, 99.9), 1.0))
     planes = np.clip(reg.planes / top, 0, 1)
     ref = planes[labels.index(0)]
 
@@ -205,7 +226,7 @@ def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0) 
             row["ssim_output"] = ssim(model(plane))
         rows.append(row)
     near = [r for r in rows if 1 <= abs(r["plane"]) <= 5]
-    return {"stack": str(folder), "scale": scale, "rows": rows,
+    return {"stack": str(folder), "scale": scale, "reference": reference, "step": step, "rows": rows,
             "improves_all_1_to_5": bool(near) and all(r["ssim_output"] > r["ssim_input"] for r in near),
             "mean_change_1_to_5": float(np.mean([r["ssim_output"] - r["ssim_input"] for r in near])) if near else None}
 
@@ -230,7 +251,9 @@ def markdown_table(pairs: dict | None, stacks: list[dict] | None = None) -> str:
                       f"{pairs['margin']} px margin.")]
     for st in stacks or []:
         resampled = "ssim_input_resampled" in st["rows"][0] if st["rows"] else False
-        lines += ["", f"Smear stack (scale {st['scale']}): SSIM to z+00",
+        name = Path(st["stack"]).name
+        ref = "z+00" if st.get("reference") is None else f"plane {st['reference']} (step {st.get('step', 1)})"
+        lines += ["", f"Real focal series `{name}` (scale {st['scale']}): SSIM to {ref}",
                   "| plane | input | output |" + (" input resampled there and back |" if resampled else ""),
                   "|---:|---:|---:|" + ("---:|" if resampled else "")]
         lines += [f"| {r['plane']:+d} | {r['ssim_input']:.3f} | {r['ssim_output']:.3f} |"
@@ -296,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-samples", type=int, default=300)
     p.add_argument("--rl-iterations", type=int, default=30)
     p.add_argument("--margin", type=int, default=16, help="px cropped from each side before scoring")
-    p.add_argument("--smear", type=Path, help="folder of a real focal series with a z+00 plane")
+    p.add_argument("--smear", "--stack", dest="smear", type=Path,
+                   help="a real focal series: a folder with a z+00 plane, or a multi-page TIFF with --stack-reference")
+    p.add_argument("--stack-reference", type=int, default=None, help="index of the in-focus plane")
+    p.add_argument("--stack-step", type=int, default=1, help="score every N-th plane from the reference")
     p.add_argument("--smear-scale", type=float, action="append", default=None,
                    help="also run the stack at this scale (repeatable; default 1)")
     p.add_argument("--threads", type=int, default=2)
@@ -314,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         report["pairs"] = evaluate_pairs(model, args.dataset, split=args.split, max_samples=args.max_samples,
                                          rl_iterations=args.rl_iterations, margin=args.margin)
     if args.smear:
-        report["stacks"] = [evaluate_stack(model, args.smear, scale=s) for s in (args.smear_scale or [1.0])]
+        report["stacks"] = [evaluate_stack(model, args.smear, scale=s, reference=args.stack_reference,
+                                          step=args.stack_step) for s in (args.smear_scale or [1.0])]
     table = markdown_table(report.get("pairs"), report.get("stacks"))
     print(table)
     if args.json:

@@ -212,7 +212,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
     gen = build_generator(meta["generator_config"], meta["generator_stats"])
     gen.load_state_dict(state["generator"])
     gen.eval()
-    real = _real_tiles(meta.get("dataset"), meta["normalization"])
+    real = _real_tiles(meta.get("dataset"), config.get("normalization", "range"))
     rng = np.random.default_rng(0)
     probes = real or [rng.random((gen.channels, 256, 256), dtype=np.float32) for _ in range(2)]
     measured = measure_halo(gen, probes)
@@ -224,6 +224,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
         "mpp": "unknown" if meta.get("mpp") is None else f"{meta['mpp']:g}",
         "defocus_range_um": json.dumps(meta["defocus_range_um"]), "normalization": norm,
         "halo": str(card_halo), "version": "0.1.0",
+        # the training pixel sizes: scale-aware inference (wsi_deepr.scale) compares the slide's with these
+        **({"mpp_range": json.dumps(meta["mpp_range"])} if meta.get("mpp_range") else {}),
         "description": (f"Deep-R residual U-Net (width {gen.width}, {count_parameters(gen)} parameters), "
                         f"{state['iteration']} training iterations"),
         "name": out.name.removesuffix(".onnx"),

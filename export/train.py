@@ -85,6 +85,9 @@ class TrainConfig:
     berhu_fraction: float = 0.1
     gray_prob: float = 0.0
     contrast_jitter: float = 0.0
+    contrast_range: tuple[float, float] | None = None
+    identity_prob: float = 0.0
+    init: str | None = None
     seed: int = 0
     threads: int | None = None
     minutes: float | None = None
@@ -94,7 +97,10 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """From a stored dict (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("contrast_range") is not None:
+            kw["contrast_range"] = tuple(kw["contrast_range"])
+        return cls(**kw)
 
 
 def build_generator(cfg: dict, stats: dict) -> Generator:
@@ -211,6 +217,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                       augment=True)
     val = TorchPairs(config.dataset, split="val", normalization=config.normalization)
     mean, std = data.generator_stats()
+    init = _load_init(config.init) if config.init and state is None else None
+    if init is not None:  # the initial weights' standardisation travels with them
+        mean, std = init["meta"]["generator_stats"]["mean"], init["meta"]["generator_stats"]["std"]
     gen = Generator(data.channels, width=config.width, max_width=config.max_width, levels=config.levels,
                     mean=mean, std=std)
     disc = Discriminator(data.channels, width=config.d_width, depth=config.d_depth)
@@ -227,6 +236,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
         it, best, best_it = int(state["iteration"]), float(state["best_val_berhu"]), int(state["best_iteration"])
         elapsed, g_updates = float(state["seconds"]), int(state["g_updates"])
         weights = dict(state["weights"])
+    elif init is not None:
+        gen.load_state_dict(init["generator"])
+        if "discriminator" in init:
+            disc.load_state_dict(init["discriminator"])
+        log.info("initial weights from %s (iteration %d)", config.init, int(init["iteration"]))
     meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(), "generator_config": gen.config(),
             "generator_stats": {"mean": mean, "std": std}, "parameters": count_parameters(gen)}
     (run / "config.json").write_text(json.dumps({"config": asdict(config), "meta": meta}, indent=2))
@@ -249,6 +263,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                "generator": gen.state_dict(), "discriminator": disc.state_dict(),
                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, last_path)
 
+    if state is None:  # a new run is resumable (and shows its initial weights) from the start
+        checkpoint()
     gen.train()
     disc.train()
     while it < config.iterations:
@@ -257,7 +273,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
             p.requires_grad_(False)
         for k in range(config.g_steps):
             x, y = data.batch(np.random.default_rng([config.seed, it, k]), config.batch_size,
-                              gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter)
+                              gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
+                              contrast_range=config.contrast_range, identity_prob=config.identity_prob)
             pred = gen(x)
             d_fake = disc(data.to_std(pred)) if adversarial else None
             terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
@@ -278,7 +295,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                 p.requires_grad_(True)
             for k in range(config.d_steps):
                 x, y = data.batch(np.random.default_rng([config.seed, it, 100 + k]), config.batch_size,
-                                  gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter)
+                                  gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
+                              contrast_range=config.contrast_range, identity_prob=config.identity_prob)
                 with torch.no_grad():
                     pred = gen(x)
                 d_fake, d_real = disc(data.to_std(pred)), disc(data.to_std(y))
@@ -335,6 +353,20 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     return {"iteration": it, "best_val_berhu": best, "best_iteration": best_it, "validation": last_val}
 
 
+def _load_init(path: str) -> dict:
+    """Initial weights for a new run: a checkpoint, or a run folder (its ``best.pt``).
+
+    The generator's configuration must match the new run's; a discriminator is
+    taken when the checkpoint has one (``last.pt``).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"--init {path}: no checkpoint there; pass a .pt file or a run folder with best.pt")
+    return load_checkpoint(p)
+
+
 def _hardware() -> str:
     import platform
 
@@ -389,8 +421,12 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
+            if f.name == "contrast_range":
+                p.add_argument(flag, type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                               help="contrast factor range (log-uniform), instead of --contrast-jitter")
+                continue
             kind = {"max_width": int, "crop": int, "threads": int, "minutes": float,
-                    "pause_file": str}.get(f.name, type(default))
+                    "pause_file": str, "init": str}.get(f.name, type(default))
             p.add_argument(flag, type=kind, default=default, help=f"(default: {default})")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -404,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if values["contrast_range"] is not None:
+        values["contrast_range"] = tuple(values["contrast_range"])
     config = TrainConfig(**values)
     flag = {"stop": False}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +35,7 @@ def small_rgb(tmp_path):
     data = (rng.random((700, 530, 3)) * 255).astype(np.uint8)
     path = tmp_path / "small.ome.tif"
     tifffile.imwrite(path, data, photometric="rgb", tile=(256, 256),
-                     metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
     return path
 
 
@@ -54,6 +55,26 @@ def test_refocus_writes_default_output_beside_input(capsys, small_rgb, models) -
         assert tif.series[0].shape == (700, 530, 3)
     assert sorted(p.name for p in small_rgb.parent.iterdir()) == [
         "small.ome.tif", "small.refocused.ome.tif", "small.refocused.ome.tif.json"]  # + provenance sidecar
+
+
+def test_refocus_scale_option(capsys, tmp_path, models) -> None:
+    """A 0.25 µm/px slide and a model trained at 0.5: auto halves it, --scale native does not."""
+    data = (np.random.default_rng(1).random((300, 260, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "fine.ome.tif"
+    tifffile.imwrite(src, data, photometric="rgb", metadata={"axes": "YXS", "PhysicalSizeX": 0.25,
+                                                            "PhysicalSizeY": 0.25})
+    for mode, shape in (("auto", (150, 130, 3)), ("native", (300, 260, 3))):
+        out = tmp_path / f"{mode}.ome.tif"
+        code, _, err = run(capsys, "refocus", src, "-o", out, "--model", models["rgb"], "--tile", "64",
+                           "--scale", mode, "--scheduler", "threads", "-q")
+        assert code == 0, err
+        with tifffile.TiffFile(out) as tif:
+            assert tif.series[0].shape == shape
+        record = json.loads(out.with_name(out.name + ".json").read_text())
+        assert record["scale"]["action"] == ("downsample" if mode == "auto" else "native")
+        assert record["output_mpp"] == pytest.approx([0.25 * 300 / shape[0]] * 2)
+    code, _, err = run(capsys, "refocus", src, "--model", models["rgb"], "--scale", "half")
+    assert code == 2 and "half" in err
 
 
 def test_info_and_models(capsys, models, monkeypatch) -> None:

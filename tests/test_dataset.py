@@ -156,10 +156,35 @@ def test_build_simulated_is_reproducible_and_records_what_went_in(tmp_path, he_p
     assert 0.5 <= summary["pixel_size_um"]["min"] and summary["pixel_size_um"]["max"] <= 1.0
     info = summarize(tmp_path / "a.zarr")
     assert info["sources"][0]["path"] == str(he_png) and info["settings"]["ranges"]["z_um"] == [-3.0, 3.0]
-    item = a[0]
-    assert item["input"].shape == (3, 48, 48)
-    # the input is a blurred (lower-contrast) version of the target
-    assert np.abs(np.diff(item["input"], axis=2)).mean() < np.abs(np.diff(item["target"], axis=2)).mean()
+    assert a[0]["input"].shape == (3, 48, 48)
+    # the input is a blurred (lower-contrast) version of the target, clearly so far from focus
+    item = max((a[i] for i in range(len(a))), key=lambda it: abs(it["z_um"]))
+    assert abs(item["z_um"]) > 1.5
+    from scipy.ndimage import gaussian_filter
+
+    def band(img):  # detail energy between 1 and 4 px, little affected by the input's noise
+        return float(np.std(gaussian_filter(img, (0, 1, 1)) - gaussian_filter(img, (0, 4, 4))))
+
+    assert band(item["input"]) < band(item["target"])
+
+
+def test_simulated_target_is_the_in_focus_image_through_the_same_optics(tmp_path, he_png):
+    """At z = 0 without noise or JPEG the input IS the target: both went through the same objective.
+
+    (A target that skipped the objective's in-focus PSF would teach the model to sharpen every
+    in-focus slide beyond its optics.)
+    """
+    sources = open_sources([he_png], modality="brightfield")
+    ranges = RandomizationRanges.for_modality("brightfield", z_um=(0.0, 0.0), tilt_probability=0.0,
+                                              photons=(1e12, 1e12), read_noise=(0.0, 0.0), jpeg_probability=0.0,
+                                              na=(0.3, 0.3))
+    build_simulated(sources, tmp_path / "z0.zarr", n_pairs=4, patch_size=48, ranges=ranges, seed=3, workers=1)
+    ds = PairDataset(tmp_path / "z0.zarr", split="all", normalize=False)
+    for i in range(len(ds)):
+        item = ds[i]
+        np.testing.assert_allclose(item["input"], item["target"], atol=1.5 / 255)
+    info = summarize(tmp_path / "z0.zarr")
+    assert "same optics" in info["settings"]["target"]
 
 
 @pytest.mark.slow

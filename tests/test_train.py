@@ -142,6 +142,14 @@ def test_torch_pairs_model_space_and_augmentation(pairs):
     x, y = data.batch(np.random.default_rng(0), 4, gray_prob=1.0, contrast_jitter=0.5)
     for t in (x, y):
         assert float((t[:, 0] - t[:, 2]).abs().max()) == 0.0 and 0.0 <= float(t.min()) <= float(t.max()) <= 1.0
+    # identity pairs: the input is the target itself; a contrast range scales both alike
+    x, y = data.batch(np.random.default_rng(1), 4, identity_prob=1.0, contrast_range=(0.3, 0.5))
+    torch.testing.assert_close(x, y)
+    lo_c = data.batch(np.random.default_rng(1), 4, identity_prob=1.0, contrast_range=(0.3, 0.3))[1]
+    hi_c = data.batch(np.random.default_rng(1), 4, identity_prob=1.0, contrast_range=(1.0, 1.0))[1]
+    assert float(lo_c.std()) < 0.5 * float(hi_c.std())
+    x, y = data.batch(np.random.default_rng(1), 4, identity_prob=0.0)
+    assert not torch.equal(x, y)
     with pytest.raises(ValueError, match="crop"):
         TorchPairs(pairs, crop=30)
     with pytest.raises(ValueError, match="normalization"):
@@ -176,6 +184,7 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
     info = load_model_info(out)
     assert info.card.modality.value == "brightfield" and info.card.channels == 3
     assert info.card.mpp == 0.5 and info.card.normalization == "range" and info.card.halo > 0
+    assert info.card.mpp_range == (0.5, 0.5)  # the training pixel sizes, for scale-aware inference
     assert info.card.version == "0.0.1" and not info.card.default
     import onnx
 
@@ -233,6 +242,28 @@ def test_resumed_run_matches_an_uninterrupted_one(pairs, tmp_path):
     assert its == sorted(its) and its[-1] == 4
 
 
+def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
+    import dataclasses
+
+    train(_tiny(pairs, iterations=2), tmp_path / "a")
+    src = load_checkpoint(tmp_path / "a" / "last.pt")
+    # zero iterations: the new run's weights are exactly the initial ones
+    train(dataclasses.replace(_tiny(pairs, iterations=0), init=str(tmp_path / "a" / "last.pt")), tmp_path / "b")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert b["iteration"] == 0 and b["config"]["init"].endswith("last.pt")
+    for key, value in src["generator"].items():
+        torch.testing.assert_close(b["generator"][key], value)
+    for key, value in src["discriminator"].items():
+        torch.testing.assert_close(b["discriminator"][key], value)
+    # and it trains on from there, with identity pairs and a contrast range
+    cfg = dataclasses.replace(_tiny(pairs, iterations=1), init=str(tmp_path / "a"), identity_prob=0.5,
+                              contrast_range=(0.3, 1.3))
+    assert train(cfg, tmp_path / "c")["iteration"] == 1
+    assert tuple(load_checkpoint(tmp_path / "c" / "last.pt")["config"]["contrast_range"]) == (0.3, 1.3)
+    with pytest.raises(FileNotFoundError, match="--init"):
+        train(dataclasses.replace(_tiny(pairs), init=str(tmp_path / "none")), tmp_path / "d")
+
+
 @pytest.mark.slow
 def test_smear_stack_check_runs_on_the_real_focal_series():
     from export.evaluate import evaluate_stack
@@ -249,3 +280,26 @@ def test_smear_stack_check_runs_on_the_real_focal_series():
         assert r["ssim_output"] == pytest.approx(r["ssim_input"])
     far = {r["plane"]: r["ssim_input"] for r in report["rows"]}
     assert far[1] > far[5]  # farther planes are less similar to z+00
+
+
+def test_stack_check_on_a_multipage_tiff_with_a_reference_plane(tmp_path):
+    import tifffile
+    from scipy.ndimage import gaussian_filter
+
+    from export.evaluate import evaluate_stack
+
+    rng = np.random.default_rng(0)
+    sharp = gaussian_filter(rng.random((96, 96)), 1.0)
+    sharp = (sharp - sharp.min()) / np.ptp(sharp) * 50000 + 1000
+    planes = [gaussian_filter(sharp, abs(i - 3) * 0.8) for i in range(7)]  # plane 3 in focus
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, np.stack(planes).astype(np.uint16), ome=True, metadata={"axes": "ZYX"})
+    report = evaluate_stack(lambda a: a, path, reference=3, step=1)
+    rows = {r["plane"]: r for r in report["rows"]}
+    assert sorted(rows) == [-3, -2, -1, 1, 2, 3] and report["reference"] == 3
+    assert rows[1]["ssim_input"] > rows[3]["ssim_input"]
+    assert not report["improves_all_1_to_5"]  # the identity improves nothing
+    every_other = evaluate_stack(lambda a: a, path, reference=3, step=2)
+    assert sorted(r["plane"] for r in every_other["rows"]) == [-1, 1]
+    with pytest.raises(ValueError, match="reference plane 9"):
+        evaluate_stack(lambda a: a, path, reference=9)

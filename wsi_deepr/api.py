@@ -27,7 +27,9 @@ from .io import open_slide
 from .io.slide import Modality, Slide
 from .model import ModelInfo, check_compatible, resolve_model
 from .normalization import NormStats, compute_stats, stats_sample
+from .io.scaled import ReducedReader
 from .pipeline import RefocusPlan, store_to_zarr
+from .scale import choose_scale
 
 __all__ = ["RefocusResult", "default_output_path", "plan_refocus", "refocus"]
 
@@ -93,18 +95,29 @@ def plan_refocus(
     threads_per_task: int = 0,
     skip: np.ndarray | None = None,
     check_session: bool = True,
+    scale: str = "auto",
 ) -> RefocusPlan:
     """Check the model against ``slide`` and build the :class:`RefocusPlan`.
 
     Opens the ONNX Runtime session once here (unless ``check_session`` is
     false: the session is checked on the cluster's workers instead), so that
     ``device="cuda"`` without a working CUDA provider fails before any work
-    is done.
+    is done.  ``scale`` (``"auto"`` or ``"native"``) picks the pixel size the
+    model runs at (:func:`wsi_deepr.scale.choose_scale`): the slide's level 0,
+    a pyramid level, or a level reduced by an integer factor.
     """
     check_compatible(model, n_channels=slide.n_channels, modality=slide.modality)
     halo = model.card.halo if halo is None else int(halo)
     overlap = halo if overlap is None else int(overlap)
-    h, w, c = slide.shape
+    decision = choose_scale(level_mpps(slide), model_mpp=model.card.mpp, model_mpp_range=model.card.mpp_range,
+                            mode=scale)
+    log.info("scale: %s", decision.reason)
+    reader, level = slide.reader, decision.level
+    h, w, c = slide.level_shapes[level]
+    if decision.action == "downsample":
+        reader = ReducedReader(slide.reader, decision.level, decision.factor, slide.level_shapes[level],
+                               np.dtype(slide.dtype))
+        (h, w, c), level = reader.shape, 0
     grid = TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)
     spec = SessionSpec(str(model.path), device, threads_per_task)
     if check_session:
@@ -114,10 +127,28 @@ def plan_refocus(
     log.info("normalisation %s from %s: offset %s scale %s", stats.spec, source,
              np.round(stats.offset, 3).tolist(), np.round(stats.scale, 3).tolist())
     return RefocusPlan(
-        reader=slide.reader, level=0, grid=grid, n_channels=c, spec=spec,
+        reader=reader, level=level, grid=grid, n_channels=c, spec=spec,
         model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
-        skip=grid.check_mask(skip), batch=batch,
+        skip=grid.check_mask(skip), batch=batch, scale=decision,
     )
+
+
+def _output_mpp(slide: Slide, plan: RefocusPlan) -> tuple[float, float] | None:
+    """µm/px ``(y, x)`` of the refocused image (the slide's, scaled by the plan's level and factor)."""
+    if slide.mpp is None:
+        return None
+    decision = plan.scale
+    level, factor = (decision.level, decision.factor) if decision is not None else (0, 1)
+    (y0, x0, _), (yk, xk, _) = slide.level_shapes[0], slide.level_shapes[level]
+    return slide.mpp[0] * y0 / yk * factor, slide.mpp[1] * x0 / xk * factor
+
+
+def level_mpps(slide: Slide) -> list[float | None]:
+    """µm/px (mean of y and x) of every level of ``slide`` (``None`` when unknown)."""
+    if slide.mpp is None:
+        return [None] * slide.level_count
+    base = 0.5 * (slide.mpp[0] + slide.mpp[1])
+    return [base * d for d in slide.level_downsamples]
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -175,6 +206,7 @@ def refocus(
     compression: str = "auto",
     skip: np.ndarray | None = None,
     resume: bool = True,
+    scale: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF.
@@ -229,6 +261,12 @@ def refocus(
     resume : bool
         Reuse a matching scratch from an interrupted run (default); ``False``
         starts afresh.
+    scale : {"auto", "native"}
+        ``"auto"`` compares the slide's µm/px with the model's training µm/px
+        and, for a finer slide, refocuses the pyramid level (or an integer
+        area-mean reduction) that matches it; the output is then written at
+        that pixel size.  ``"native"`` always refocuses full resolution.  What
+        was done is in the provenance (``scale``); see :mod:`wsi_deepr.scale`.
     progress : callable, optional
         ``progress(done, total)`` in model windows (tiles), called as their
         output is written (a resumed run starts at the windows already done).
@@ -267,8 +305,9 @@ def refocus(
     # On a cluster the session is checked on the workers: this process may have no GPU.
     plan = plan_refocus(
         slide, info, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
-        threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local,
+        threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local, scale=scale,
     )
+    out_mpp = _output_mpp(slide, plan)
 
     with OutputLock(out):
         if out.exists() and not overwrite:  # finished by another job meanwhile
@@ -309,7 +348,8 @@ def refocus(
             "provider": provider, "level": plan.level, "shape": plan.shape, "dtype": np.dtype(slide.dtype).str,
             "tile": plan.grid.tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": plan.batch,
             "model_channels": plan.model_channels, "stats": json.loads(plan.stats.to_json()),
-            "skip": mask_digest(plan.skip), "arrays": [[n, list(s), list(c)] for n, s, c, _ in arrays],
+            "skip": mask_digest(plan.skip), "scale": [plan.scale.action, plan.scale.level, plan.scale.factor],
+            "arrays": [[n, list(s), list(c)] for n, s, c, _ in arrays],
         }
         scratch = open_scratch(scratch_path(out), fingerprint, arrays, resume=resume)
         timings["prepare"] = time.perf_counter() - t0
@@ -355,11 +395,11 @@ def refocus(
         sha256, timings["checksum"] = checksum.result()
         parameters = {
             "tile": tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": batch,
-            "device": device, "modality": slide.modality.value, "level": plan.level,
+            "device": device, "modality": slide.modality.value, "level": plan.scale.level,
             "jpeg_quality": jpeg_quality, "compression": compression,
             "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,
             "workers": workers if client is None else scheduler_info.get("threads"),
-            "intra_op_threads": plan.spec.intra_op_threads, "resume": resume,
+            "intra_op_threads": plan.spec.intra_op_threads, "resume": resume, "scale": scale,
         }
         record = {
             "version": __version__,
@@ -377,6 +417,9 @@ def refocus(
             "provider": provider,
             "parameters": parameters,
             "normalization": json.loads(plan.stats.to_json()),
+            "scale": plan.scale.as_dict(),
+            "output_shape": list(plan.shape),
+            "output_mpp": list(out_mpp) if out_mpp else None,
             "scheduler": scheduler_info,
             "windows": plan.grid.n_windows,
             "blocks": nby * nbx,
@@ -402,7 +445,7 @@ def refocus(
             crash_point("write", tiles_written)
 
         write_ome_tiff(
-            out, levels, mpp=slide.mpp, channel_names=slide.channel_names, rgb=rgb,
+            out, levels, mpp=out_mpp, channel_names=slide.channel_names, rgb=rgb,
             compression=compression, jpeg_quality=jpeg_quality, associated=associated,
             annotations=annotations, name=slide_path.name, overwrite=overwrite, progress=on_tiles,
         )

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif", ".tiff",
                   ".qptiff")
 #: manifest columns that are passed to refocus for that slide only
-MANIFEST_OPTIONS = ("model", "modality")
+MANIFEST_OPTIONS = ("model", "modality", "scale")
 REPORT_FIELDS = ("input", "output", "status", "seconds", "tiles", "resumed_blocks", "model", "provider",
                  "error")
 

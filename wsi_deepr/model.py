@@ -99,6 +99,22 @@ class ModelCard:
             extra=extra,
         )
 
+    @property
+    def mpp_range(self) -> tuple[float, float] | None:
+        """Training µm/px range (optional card key ``mpp_range``, JSON ``[low, high]``)."""
+        text = dict(self.extra).get("mpp_range")
+        if text is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in json.loads(text))
+        except (ValueError, TypeError):
+            log.warning("ignoring the model card's mpp_range %r: expected JSON [low, high]", text)
+            return None
+        if not 0 < lo <= hi:
+            log.warning("ignoring the model card's mpp_range %r: need 0 < low <= high", text)
+            return None
+        return lo, hi
+
     def as_dict(self) -> dict:
         """JSON-friendly dict (for ``wsi-deepr models`` and output metadata)."""
         d = asdict(self)

@@ -41,6 +41,7 @@ from .geometry import TileGrid
 from .inference import SessionSpec
 from .io.slide import RegionReader
 from .normalization import NormStats
+from .scale import ScaleDecision
 from .pyramid import downsample2
 
 __all__ = ["RefocusPlan", "refocus_dask", "store_to_zarr"]
@@ -77,6 +78,9 @@ class RefocusPlan:
         Boolean ``grid.grid_shape`` mask of windows passed through unchanged.
     batch : int
         Windows per inference task (ONNX Runtime batch size).
+    scale : ScaleDecision or None
+        Where the model runs relative to the slide (see :mod:`wsi_deepr.scale`);
+        ``reader``/``level`` already read at that scale.
     """
 
     reader: RegionReader
@@ -89,6 +93,7 @@ class RefocusPlan:
     dtype: np.dtype | None
     skip: np.ndarray | None = None
     batch: int = 4
+    scale: ScaleDecision | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -108,6 +108,10 @@ def refocus_options(func: Callable) -> Callable:
                      help="Feathered overlap between windows [default: the halo]."),
         click.option("--batch", type=click.IntRange(min=1), default=None,
                      help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA]."),
+        click.option("--scale", type=click.Choice(["auto", "native"]), default="auto", show_default=True,
+                     help="'auto': refocus at the model's training pixel size (a finer slide's matching "
+                          "pyramid level, or an area-mean reduction; the output is written at that size). "
+                          "'native': always full resolution."),
         click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True,
                      help="JPEG quality of brightfield RGB output."),
         click.option("--overwrite", is_flag=True, help="Replace outputs that exist."),

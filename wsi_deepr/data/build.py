@@ -238,8 +238,12 @@ def _simulate_pair(job: _Job, seed: np.random.SeedSequence) -> tuple:
         blurred = defocus(obj, st, real.z_um, mode="wrap", workers=1)
     else:
         blurred, _ = defocus_tilted(obj, st, real.plane, mode="wrap", workers=1)
+    # The target is the in-focus capture through the SAME optics (the diffraction-limited PSF at z = 0,
+    # with the same aberration), as a real focal pair is: against the bare object, the model would learn
+    # to sharpen beyond the objective's resolution even at z = 0, and over-sharpen in-focus slides.
+    focus = defocus(obj, st, 0.0, mode="wrap", workers=1)
     o = (work - patch) // 2
-    inp, tgt = blurred[o : o + patch, o : o + patch], obj[o : o + patch, o : o + patch]
+    inp, tgt = blurred[o : o + patch, o : o + patch], focus[o : o + patch, o : o + patch]
     inp = rz.add_poisson_gaussian_noise(inp, rng, photons=real.photons, read_noise=real.read_noise)
     if real.jpeg_quality is not None:
         inp = rz.jpeg_recompress(inp, real.jpeg_quality)
@@ -403,7 +407,8 @@ def build_simulated(
     settings = {"builder": "simulated", "n_pairs": n_pairs, "patch_size": patch_size, "seed": seed,
                 "val_fraction": val_fraction, "min_tissue": min_tissue, "ranges": ranges.to_dict(),
                 "fields_of_view": len(fov_keys), "noise_and_jpeg": "input only",
-                "photometric_jitter": "object (input and target)"}
+                "photometric_jitter": "object (input and target)",
+                "target": "the object imaged in focus (z = 0) through the same optics as the input"}
     return writer.close(sources=[s.to_dict() for s in sources], settings=settings,
                         notes="z_um: centre defocus; tilted pairs carry dz/dy, dz/dx in `tilt`")
 
