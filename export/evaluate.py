@@ -304,7 +304,25 @@ def model_card_markdown(report: dict, *, dataset_attrs: dict | None = None, limi
               f"crop {cfg.get('crop')}, lr {cfg.get('lr_g')} / {cfg.get('lr_d')}, "
               f"{cfg.get('g_steps')} G + {cfg.get('d_steps')} D updates per iteration"),
               (f"* warm start: the first {cfg.get('warmup')} iterations trained the generator alone "
-              "(MS-SSIM + BerHu, no adversarial term)"), "", "## Validation", "",
+              "(MS-SSIM + BerHu, no adversarial term)")]
+    aug = [f"grey pairs {cfg.get('gray_prob')}" if cfg.get("gray_prob") else None,
+           f"contrast x{cfg['contrast_range'][0]}-{cfg['contrast_range'][1]} (log-uniform)"
+           if cfg.get("contrast_range") else (f"contrast jitter ±{cfg.get('contrast_jitter')}"
+                                               if cfg.get("contrast_jitter") else None),
+           f"identity pairs {cfg.get('identity_prob')}" if cfg.get("identity_prob") else None]
+    if any(aug):
+        lines.append("* augmentation (input and target alike): dihedral flips, " + ", ".join(a for a in aug if a))
+    lineage = training.get("lineage", [])
+    if lineage:
+        total = (secs or 0.0) + sum(float(r.get("seconds") or 0.0) for r in lineage)
+        lines.append(f"* initialised from earlier runs (oldest first), {total / 3600:.2f} h of training in all:")
+        for r in lineage:
+            c = r.get("config", {})
+            lines.append(f"  * `{r.get('checkpoint')}`: {r.get('iteration')} iterations, "
+                         f"{float(r.get('seconds') or 0) / 3600:.2f} h, dataset `{r.get('dataset')}`, warm-up "
+                         f"{c.get('warmup')}, grey {c.get('gray_prob')}, contrast "
+                         f"{c.get('contrast_range') or c.get('contrast_jitter')}, identity {c.get('identity_prob', 0)}")
+    lines += ["", "## Validation", "",
               markdown_table(report.get("pairs"), report.get("stacks")), "## Known limits", ""]
     lines += [f"* {item}" for item in (limits or [])]
     return "\n".join(lines) + "\n"

@@ -172,6 +172,22 @@ def _real_tiles(dataset: str | None, normalization: str, k: int = 4) -> list[np.
     return [val.sample(int(i))[0] for i in rows]
 
 
+def _lineage(init: str | None, depth: int = 0) -> list[dict]:
+    """The runs a run's initial weights came from (oldest first), read from their checkpoints if present."""
+    if not init or depth > 20:
+        return []
+    p = Path(init)
+    p = p / "best.pt" if p.is_dir() else p
+    if not p.is_file():
+        log.warning("initial checkpoint %s is gone: the model card lists it without its details", p)
+        return [{"checkpoint": str(init)}]
+    state = load_checkpoint(p)
+    meta, cfg = state.get("meta", {}), state.get("config", {})
+    earlier = meta.get("lineage") or _lineage(cfg.get("init"), depth + 1)
+    return [*earlier, {"checkpoint": str(init), "dataset": meta.get("dataset"), "iteration": int(state["iteration"]),
+                       "seconds": float(state.get("seconds", 0.0)), "config": cfg}]
+
+
 def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = None, default: bool = False,
                 exporter: str = "dynamo", halo: int | None = None, overwrite: bool = False) -> dict:
     """Export the generator of ``checkpoint`` to ``out`` with its card; return the export report.
@@ -210,7 +226,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
     state = load_checkpoint(ckpt_path)
     meta, config = state["meta"], state["config"]
     gen = build_generator(meta["generator_config"], meta["generator_stats"])
-    gen.load_state_dict(state["generator"])
+    gen.load_state_dict(state.get("generator_ema", state["generator"]))  # the averaged weights of --ema runs
     gen.eval()
     real = _real_tiles(meta.get("dataset"), config.get("normalization", "range"))
     rng = np.random.default_rng(0)
@@ -233,7 +249,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
                                 "generator_updates": state.get("g_updates"), "hardware": meta.get("hardware"),
                                 "config": config,
                                 "dataset": meta.get("dataset"), "sources": meta.get("sources"),
-                                "mpp_range": meta.get("mpp_range"), "validation": val}),
+                                "mpp_range": meta.get("mpp_range"), "validation": val,
+                                "lineage": meta.get("lineage") or _lineage(config.get("init"))}),
         "halo_measurement": json.dumps({**measured, "override": halo}),
         "checkpoint_sha256": _sha256(ckpt_path),
         "generator": json.dumps(meta["generator_config"]),

@@ -21,6 +21,10 @@ sees the same batches as an uninterrupted one.  SIGTERM/SIGINT save a
 checkpoint before exiting.  With ``--pause-file F`` training sleeps between
 iterations while ``F`` exists (a shared machine's "quiet, benchmarking" flag).  Checkpoints load with ``torch.load(weights_only=True)``.
 
+With ``ema`` > 0 an exponential moving average of the generator's weights
+(decay per generator update) is kept beside them; validation, ``best.pt`` and
+the export use the average, which is smoother than the last step's weights.
+
 Loss weights: ``xi`` (BerHu) is fixed; with ``balance`` on, ``nu`` and
 ``lambda`` are re-set at every validation (geometric mean of the old value and
 the one that makes the term's mean since the last validation equal to the
@@ -30,6 +34,7 @@ BerHu term's), so the three terms contribute about equally.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -87,6 +92,7 @@ class TrainConfig:
     contrast_jitter: float = 0.0
     contrast_range: tuple[float, float] | None = None
     identity_prob: float = 0.0
+    ema: float = 0.0
     init: str | None = None
     seed: int = 0
     threads: int | None = None
@@ -223,6 +229,11 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     gen = Generator(data.channels, width=config.width, max_width=config.max_width, levels=config.levels,
                     mean=mean, std=std)
     disc = Discriminator(data.channels, width=config.d_width, depth=config.d_depth)
+    ema = None
+    if config.ema:
+        if not 0.0 < config.ema < 1.0:
+            raise ValueError(f"ema={config.ema!r}: a decay in (0, 1), e.g. 0.995, or 0 for none")
+        ema = copy.deepcopy(gen).requires_grad_(False)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g)
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d)
     c = data.berhu_threshold(config.berhu_fraction)
@@ -230,6 +241,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     it, best, best_it, elapsed, g_updates = 0, math.inf, -1, 0.0, 0
     if state is not None:
         gen.load_state_dict(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state.get("generator_ema", state["generator"]))
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -237,12 +250,21 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
         elapsed, g_updates = float(state["seconds"]), int(state["g_updates"])
         weights = dict(state["weights"])
     elif init is not None:
-        gen.load_state_dict(init["generator"])
+        gen.load_state_dict(init.get("generator_ema", init["generator"]))
+        if ema is not None:
+            ema.load_state_dict(init.get("generator_ema", init["generator"]))
         if "discriminator" in init:
             disc.load_state_dict(init["discriminator"])
         log.info("initial weights from %s (iteration %d)", config.init, int(init["iteration"]))
     meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(), "generator_config": gen.config(),
             "generator_stats": {"mean": mean, "std": std}, "parameters": count_parameters(gen)}
+    if state is not None and "lineage" in state.get("meta", {}):
+        meta["lineage"] = state["meta"]["lineage"]
+    elif init is not None:  # the runs these weights come from, oldest first (for the model card)
+        meta["lineage"] = [*init["meta"].get("lineage", []),
+                           {"checkpoint": str(config.init), "dataset": init["meta"].get("dataset"),
+                            "iteration": int(init["iteration"]), "seconds": float(init.get("seconds", 0.0)),
+                            "config": init.get("config", {})}]
     (run / "config.json").write_text(json.dumps({"config": asdict(config), "meta": meta}, indent=2))
     log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs",
              gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val))
@@ -261,6 +283,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                "g_updates": g_updates, "weights": weights, "balance_sums": bal, "validation": last_val,
                "best_val_berhu": best, "best_iteration": best_it,
                "generator": gen.state_dict(), "discriminator": disc.state_dict(),
+               **({"generator_ema": ema.state_dict()} if ema is not None else {}),
                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, last_path)
 
     if state is None:  # a new run is resumable (and shows its initial weights) from the start
@@ -283,6 +306,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
+            if ema is not None:
+                _ema_update(ema, gen, config.ema)
             g_updates += 1
             for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v.item()
@@ -331,7 +356,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                 if config.balance and bal.get("n"):
                     _rebalance(weights, {k: v / bal["n"] for k, v in bal.items()}, adversarial=adversarial)
                 bal = {}
-            last_val = validate(gen, val, rows=rows, c=c)
+            last_val = validate(gen if ema is None else ema, val, rows=rows, c=c)
             vrow = {"iteration": it, "kind": "val", "phase": "gan" if adversarial else "warmup",
                     "seconds": time.perf_counter() - start, "g_updates": g_updates, **last_val}
             csv_log.write(vrow)
@@ -344,13 +369,22 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                 best, best_it = last_val["val_berhu"], it
                 _save({"config": asdict(config), "meta": meta, "iteration": it, "validation": last_val,
                        "seconds": time.perf_counter() - start, "g_updates": g_updates,
-                       "generator": gen.state_dict()}, run / "best.pt")
+                       "generator": (gen if ema is None else ema).state_dict()}, run / "best.pt")
         if validating or stopping:
             checkpoint()
         if stopping:
             log.info("stopping at iteration %d (checkpoint saved)", it)
             break
     return {"iteration": it, "best_val_berhu": best, "best_iteration": best_it, "validation": last_val}
+
+
+@torch.no_grad()
+def _ema_update(ema: Generator, gen: Generator, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * gen`` (parameters; buffers copied)."""
+    for pe, p in zip(ema.parameters(), gen.parameters(), strict=True):
+        pe.lerp_(p, 1.0 - decay)
+    for be, b in zip(ema.buffers(), gen.buffers(), strict=True):
+        be.copy_(b)
 
 
 def _load_init(path: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -60,25 +61,36 @@ def test_card_without_range_uses_a_band_around_mpp() -> None:
     assert (d.action, d.level) == ("level", 1)
 
 
-@settings(max_examples=200, deadline=None)
-@given(s0=st.floats(0.02, 3.0), lo=st.floats(0.2, 1.0), ratio=st.floats(1.0, 3.0), n_levels=st.integers(1, 6))
-def test_decision_lands_in_the_range_with_the_least_reduction(s0, lo, ratio, n_levels) -> None:
+def test_a_reduction_that_keeps_more_detail_beats_a_coarser_level() -> None:
+    # an SVS at 0.25 µm/px with 4x levels: 2x reduction to 0.5 beats the 1.0 µm/px level
+    d = choose_scale([0.25, 1.0, 4.0], model_mpp=0.7, model_mpp_range=(0.5, 1.0))
+    assert (d.action, d.level, d.factor, d.processing_mpp) == ("downsample", 0, 2, 0.5)
+    # a stored level at the same pixel size as a reduction wins (no reduction work)
+    d = choose_scale([0.25, 0.5, 1.0], model_mpp=0.7, model_mpp_range=(0.5, 1.0))
+    assert (d.action, d.level) == ("level", 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(s0=st.floats(0.02, 3.0), lo=st.floats(0.2, 1.0), ratio=st.floats(1.0, 3.0), n_levels=st.integers(1, 6),
+       step=st.sampled_from([2.0, 4.0]))
+def test_decision_keeps_the_most_detail_inside_the_range(s0, lo, ratio, n_levels, step) -> None:
     hi = lo * ratio
-    mpps = [s0 * 4**k for k in range(n_levels)]
+    mpps = [s0 * step**k for k in range(n_levels)]
     d = choose_scale(mpps, model_mpp=(lo + hi) / 2, model_mpp_range=(lo, hi))
     lo_t, hi_t = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
     if lo_t <= s0 <= hi_t or s0 > hi_t:
-        assert d.action == "native"
-    elif d.action == "level":
-        assert lo_t <= d.processing_mpp <= hi_t
-        assert all(not (lo_t <= m <= hi_t) for m in mpps[: d.level])  # the finest such level
-    else:
-        assert d.action == "downsample" and d.factor >= 2
+        assert d.action == "native" and d.processing_mpp == s0
+        return
+    assert d.processing_mpp == pytest.approx(mpps[d.level] * d.factor)
+    achievable = [m for m in mpps if lo_t <= m <= hi_t]
+    achievable += [m * max(2, math.ceil(lo / m - 1e-9)) for m in mpps if m < lo_t]
+    achievable = [m for m in achievable if m <= hi_t]
+    if achievable:  # inside the range, and nothing finer was available
+        assert lo_t - 1e-9 <= d.processing_mpp <= hi_t + 1e-9
+        assert d.processing_mpp <= min(achievable) + 1e-9
+    if d.action == "downsample":
         base = mpps[d.level]
-        assert d.processing_mpp == pytest.approx(base * d.factor)
-        assert d.processing_mpp >= lo - 1e-9  # reaches the range...
-        assert d.factor == 2 or base * (d.factor - 1) < lo  # ...with the smallest factor
-        assert all(not (lo_t <= m <= hi_t) for m in mpps)
+        assert d.factor >= 2 and (d.factor == 2 or base * (d.factor - 1) < lo)  # the smallest factor
 
 
 # ---------------------------------------------------------------- reader

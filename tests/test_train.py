@@ -264,6 +264,26 @@ def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
         train(dataclasses.replace(_tiny(pairs), init=str(tmp_path / "none")), tmp_path / "d")
 
 
+def test_ema_weights_are_validated_saved_and_resumed(pairs, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(_tiny(pairs, iterations=2, val_every=2), ema=0.5)
+    train(cfg, tmp_path / "a")
+    last = load_checkpoint(tmp_path / "a" / "last.pt")
+    best = load_checkpoint(tmp_path / "a" / "best.pt")
+    key = "out.weight"
+    assert not torch.equal(last["generator_ema"][key], last["generator"][key])  # an average, not a copy
+    torch.testing.assert_close(best["generator"][key], last["generator_ema"][key])  # best.pt holds the average
+    # resumed runs continue the same average
+    straight = dataclasses.replace(cfg, iterations=4)
+    train(straight, tmp_path / "b")
+    train(dataclasses.replace(cfg, iterations=4), tmp_path / "a")
+    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in "ab")
+    torch.testing.assert_close(a["generator_ema"][key], b["generator_ema"][key], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="ema=1.5"):
+        train(dataclasses.replace(cfg, ema=1.5), tmp_path / "c")
+
+
 @pytest.mark.slow
 def test_smear_stack_check_runs_on_the_real_focal_series():
     from export.evaluate import evaluate_stack

@@ -7,12 +7,13 @@ with the model card's training pixel size:
 
 * inside the training range (with a tolerance): the slide is refocused as it
   is (``"native"``);
-* finer than the range: the finest pyramid level inside the range is
-  refocused (``"level"``); without one, the finest level below the range is
-  reduced by an integer factor ``f`` (area mean of ``f × f`` pixels, the
-  smallest ``f`` that reaches the range: ``"downsample"``).  The output is
-  written at that pixel size, and says so: upsampling it back would invent
-  no detail;
+* finer than the range: it is refocused at the finest pixel size inside the
+  range that is available, either a stored pyramid level (``"level"``) or a
+  finer level reduced by the smallest integer factor ``f`` that reaches the
+  range (area mean of ``f × f`` pixels: ``"downsample"``); a 0.25 µm/px slide
+  with 4× levels and a 0.5-1.0 µm/px model is reduced 2× to 0.5 µm/px rather
+  than refocused at its 1.0 µm/px level.  The output is written at that pixel
+  size, and says so: upsampling it back would invent no detail;
 * coarser than the range, or either pixel size unknown: refocused as it is,
   with the reason recorded (upsampling adds no information; an unknown pixel
   size cannot be compared).
@@ -141,13 +142,26 @@ def choose_scale(level_mpps: Sequence[float | None], *, model_mpp: float | None,
     if mode == "native":
         return native(f"{where}: finer than the training range, but native scale was requested "
                       "(expect over-sharpening)")
-    inside = [(k, m) for k, m in enumerate(level_mpps) if m is not None and rng_t[0] <= m <= rng_t[1]]
-    if inside:
-        k, m = min(inside, key=lambda km: km[1])
+    # Candidates: pyramid levels inside the range, and finer levels reduced by the smallest integer factor
+    # that reaches it.  The finest processing pixel size wins (most detail kept); on a tie a stored level
+    # (no reduction work), then the coarser source level (fewer pixels read).
+    candidates = []
+    for k, m in enumerate(level_mpps):
+        if m is None:
+            continue
+        if rng_t[0] <= m <= rng_t[1]:
+            candidates.append((m, 0, -m, k, 1))
+        elif m < rng_t[0]:
+            factor = max(2, math.ceil(rng[0] / m - 1e-9))
+            if m * factor <= rng_t[1]:
+                candidates.append((m * factor, 1, -m, k, factor))
+    if not candidates:  # a range too narrow for any integer factor: the closest reduction from level 0
+        factor = max(2, round(rng[0] / s0))
+        candidates.append((s0 * factor, 1, -s0, 0, factor))
+    best = min(candidates, key=lambda c: (round(c[0], 6), c[1], c[2]))
+    m, _, _, k, factor = best
+    if factor == 1:
         return ScaleDecision("level", k, 1, s0, m, model_mpp, rng,
                              f"{where}: refocusing pyramid level {k} ({m:.3g} µm/px)")
-    finer = [(k, m) for k, m in enumerate(level_mpps) if m is not None and m < rng_t[0]]
-    k, m = max(finer, key=lambda km: km[1])  # the coarsest level still below the range: least work
-    factor = max(2, math.ceil(rng[0] / m - 1e-9))
-    return ScaleDecision("downsample", k, factor, s0, m * factor, model_mpp, rng,
-                         f"{where}: refocusing level {k} reduced {factor}× ({m * factor:.3g} µm/px)")
+    return ScaleDecision("downsample", k, factor, s0, m, model_mpp, rng,
+                         f"{where}: refocusing level {k} reduced {factor}× ({m:.3g} µm/px)")

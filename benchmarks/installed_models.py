@@ -1,0 +1,116 @@
+"""Speed of the installed (shipped) models: ONNX Runtime s per 512² tile and end-to-end s per megapixel.
+
+For every model ``wsi-deepr models`` lists (or the ``--model`` files given):
+
+* ``s/tile``: one ``1 x C x 512 x 512`` window, ONNX Runtime CPU with
+  ``--threads`` intra-op threads, median of ``--repeats`` runs after two
+  warm-ups (the issue's target: <= 0.3 s on this 2-core machine);
+* ``s/MP``: ``wsi_deepr.refocus`` of a real slide of the model's modality
+  (threads scheduler, all cores, default tile/halo/overlap), wall-clock seconds
+  per megapixel of the slide, so overlap, reading, blending and writing
+  are included (target: <= 1 s/MP).  A 1-channel fluorescence model runs once
+  per channel, so its s/MP is per channel-megapixel on a 1-channel slide.
+
+Usage (from the repository root)::
+
+    python benchmarks/installed_models.py [--model M.onnx ...] [--json out.json]
+
+Waits while ``/tmp/wd/QUIET`` exists; creates it while timing, so that
+training jobs started with ``--pause-file /tmp/wd/QUIET`` pause meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+QUIET = Path("/tmp/wd/QUIET")
+SLIDES = {"brightfield": ROOT / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs",
+          "fluorescence": ROOT / ".." / "shared" / "data" / "slides" / "smalltif.tif"}
+
+
+def time_tile(path: Path, channels: int, *, threads: int, repeats: int, tile: int = 512) -> list[float]:
+    """Seconds of ``repeats`` runs of one tile (after two warm-ups)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
+    name = sess.get_inputs()[0].name
+    for _ in range(2):
+        sess.run(None, {name: x})
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def end_to_end(path: Path, slide: Path) -> dict:
+    """Refocus ``slide`` with the model; seconds per megapixel of the slide."""
+    from wsi_deepr import open_slide, refocus
+
+    s = open_slide(slide)
+    mp = s.shape[0] * s.shape[1] / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        result = refocus(slide, Path(tmp) / "out.ome.tif", model=path)
+        secs = time.perf_counter() - t
+    return {"slide": slide.name, "megapixels": round(mp, 3), "channels": s.n_channels, "seconds": round(secs, 2),
+            "s_per_mp": round(secs / mp, 3), "windows": result.windows, "scale": result.provenance["scale"]["action"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, action="append", help="an ONNX model (repeatable; default: installed)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    from wsi_deepr.model import list_models, load_model_info
+
+    infos = [load_model_info(m) for m in args.model] if args.model else list_models()
+    if not infos:
+        print("no models installed and none given with --model", file=sys.stderr)
+        return 2
+    while QUIET.exists():
+        time.sleep(10)
+    QUIET.parent.mkdir(parents=True, exist_ok=True)
+    QUIET.touch()
+    time.sleep(15)  # let paused jobs finish their iteration
+    rows = []
+    try:
+        for info in infos:
+            secs = time_tile(info.path, info.card.channels, threads=args.threads, repeats=args.repeats)
+            row = {"model": info.name, "modality": info.card.modality.value, "channels": info.card.channels,
+                   "onnx_mb": round(info.path.stat().st_size / 2**20, 2), "default": info.card.default,
+                   "s_per_tile": round(float(np.median(secs)), 3), "s_per_tile_min": round(float(np.min(secs)), 3)}
+            slide = SLIDES[info.card.modality.value]
+            if slide.exists():
+                row |= end_to_end(info.path, slide.resolve())
+            rows.append(row)
+    finally:
+        QUIET.unlink(missing_ok=True)
+    print("| model | modality | ONNX MB | ORT s/512² tile (median, 2 threads) | slide | s/MP end to end |")
+    print("|---|---|---:|---:|---|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['modality']} | {r['onnx_mb']} | {r['s_per_tile']:.3f} | {r.get('slide', '–')} "
+              f"({r.get('megapixels', '?')} MP, {r.get('windows', '?')} windows) | {r.get('s_per_mp', '–')} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
