@@ -232,18 +232,28 @@ class TorchPairs(torch.utils.data.Dataset):
             out.append(np.ascontiguousarray(np.moveaxis(a, -1, 0)))
         return out[0], out[1]
 
+    def draw(self, rng: np.random.Generator, size: int, *, focus_weight_um: float = 0.0) -> np.ndarray:
+        """``size`` sample indices: uniform, or ``∝ 1 / (1 + |z| / focus_weight_um)`` when that is > 0."""
+        if focus_weight_um > 0:
+            w = 1.0 / (1.0 + np.abs(self._z.astype(np.float64)) / focus_weight_um)
+            return rng.choice(len(self), size=size, p=w / w.sum())
+        return rng.integers(0, len(self), size)
+
     def batch(self, rng: np.random.Generator, size: int, *, gray_prob: float = 0.0,
               contrast_jitter: float = 0.0, contrast_range: tuple[float, float] | None = None,
-              identity_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+              identity_prob: float = 0.0, focus_weight_um: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """A random training batch (indices, crops, flips and photometric jitter drawn from ``rng``).
 
         ``gray_prob``: chance that a pair is turned to grey (both images);
         ``contrast_jitter``: both images' contrast scaled by ``U(1 - j, 1 + j)``;
         ``contrast_range`` ``(lo, hi)``: instead, scaled by a log-uniform factor
         in ``[lo, hi]`` (low-contrast, in-focus material must not be taken for
-        defocus); ``identity_prob``: chance that the input is the target itself.
+        defocus); ``identity_prob``: chance that the input is the target itself;
+        ``focus_weight_um`` ``s`` > 0: pairs are drawn with probability
+        ``∝ 1 / (1 + |z| / s)`` instead of uniformly (more of the mild defocus
+        that real slides mostly have).
         """
-        idx = rng.integers(0, len(self), size)
+        idx = self.draw(rng, size, focus_weight_um=focus_weight_um)
         span = self.patch_size - (self.crop or self.patch_size) + 1
         pairs = []
         for i in idx:

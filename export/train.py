@@ -93,6 +93,7 @@ class TrainConfig:
     contrast_range: tuple[float, float] | None = None
     identity_prob: float = 0.0
     ema: float = 0.0
+    focus_weight_um: float = 0.0
     init: str | None = None
     seed: int = 0
     threads: int | None = None
@@ -297,7 +298,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
         for k in range(config.g_steps):
             x, y = data.batch(np.random.default_rng([config.seed, it, k]), config.batch_size,
                               gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
-                              contrast_range=config.contrast_range, identity_prob=config.identity_prob)
+                              contrast_range=config.contrast_range, identity_prob=config.identity_prob,
+                              focus_weight_um=config.focus_weight_um)
             pred = gen(x)
             d_fake = disc(data.to_std(pred)) if adversarial else None
             terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
@@ -321,7 +323,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
             for k in range(config.d_steps):
                 x, y = data.batch(np.random.default_rng([config.seed, it, 100 + k]), config.batch_size,
                                   gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
-                              contrast_range=config.contrast_range, identity_prob=config.identity_prob)
+                                  contrast_range=config.contrast_range, identity_prob=config.identity_prob,
+                                  focus_weight_um=config.focus_weight_um)
                 with torch.no_grad():
                     pred = gen(x)
                 d_fake, d_real = disc(data.to_std(pred)), disc(data.to_std(y))

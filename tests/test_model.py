@@ -41,7 +41,8 @@ def test_not_onnx(tmp_path) -> None:
 
 def test_resolve_by_name_path_and_default(tmp_path, monkeypatch) -> None:
     save_model(conv_model(card=default_card(default="true")), tmp_path / "bf.onnx")
-    fl = default_card(modality="fluorescence", channels=1)
+    # a default in $WSI_DEEPR_MODEL_PATH wins over the package's embedded default of its modality
+    fl = default_card(modality="fluorescence", channels=1, default="true")
     save_model(conv_model(channels=1, card=fl), tmp_path / "fl.onnx")
     monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(tmp_path))
     names = {m.name for m in list_models()}

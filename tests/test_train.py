@@ -150,6 +150,10 @@ def test_torch_pairs_model_space_and_augmentation(pairs):
     assert float(lo_c.std()) < 0.5 * float(hi_c.std())
     x, y = data.batch(np.random.default_rng(1), 4, identity_prob=0.0)
     assert not torch.equal(x, y)
+    # focus weighting draws mild defocus more often
+    uniform = np.abs(data.z_um[data.draw(np.random.default_rng(2), 4000)]).mean()
+    weighted = np.abs(data.z_um[data.draw(np.random.default_rng(2), 4000, focus_weight_um=0.3)]).mean()
+    assert weighted < 0.85 * uniform
     with pytest.raises(ValueError, match="crop"):
         TorchPairs(pairs, crop=30)
     with pytest.raises(ValueError, match="normalization"):
