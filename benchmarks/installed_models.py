@@ -32,28 +32,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import time_onnx_tile  # noqa: E402
 QUIET = Path("/tmp/wd/QUIET")
 SLIDES = {"brightfield": ROOT / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs",
           "fluorescence": ROOT / ".." / "shared" / "data" / "slides" / "smalltif.tif"}
-
-
-def time_tile(path: Path, channels: int, *, threads: int, repeats: int, tile: int = 512) -> list[float]:
-    """Seconds of ``repeats`` runs of one tile (after two warm-ups)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
-    name = sess.get_inputs()[0].name
-    for _ in range(2):
-        sess.run(None, {name: x})
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def end_to_end(path: Path, slide: Path) -> dict:
@@ -92,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for info in infos:
-            secs = time_tile(info.path, info.card.channels, threads=args.threads, repeats=args.repeats)
+            secs = time_onnx_tile(info.path, info.card.channels, threads=args.threads, repeats=args.repeats)
             row = {"model": info.name, "modality": info.card.modality.value, "channels": info.card.channels,
                    "onnx_mb": round(info.path.stat().st_size / 2**20, 2), "default": info.card.default,
                    "s_per_tile": round(float(np.median(secs)), 3), "s_per_tile_min": round(float(np.min(secs)), 3)}

@@ -34,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import time_onnx_tile  # noqa: E402
 QUIET = Path("/tmp/wd/QUIET")
 
 
@@ -45,7 +47,6 @@ def _wait_quiet() -> None:
 def time_width(width: int, *, max_width: int | None, channels: int = 3, threads: int = 2, repeats: int = 7,
                tile: int = 512) -> dict:
     """ONNX Runtime CPU seconds per tile, parameters and ONNX size of an untrained generator."""
-    import onnxruntime as ort
     import torch
 
     from export.models import Generator, count_parameters
@@ -57,18 +58,7 @@ def time_width(width: int, *, max_width: int | None, channels: int = 3, threads:
         path = Path(tmp) / "g.onnx"
         _to_onnx(gen, path, exporter="dynamo")
         size = path.stat().st_size
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
-    name = sess.get_inputs()[0].name
-    for _ in range(2):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
+        times = time_onnx_tile(path, channels, threads=threads, repeats=repeats, tile=tile)
     return {"width": width, "max_width": gen.max_width, "widths": gen.widths, "parameters": count_parameters(gen),
             "onnx_mb": round(size / 2**20, 2), "s_per_tile": float(np.median(times)),
             "s_per_tile_min": float(np.min(times)), "threads": threads}

@@ -32,7 +32,9 @@ def models(as_json: bool, verbose: int, quiet: bool) -> None:
         flag = " (default)" if c.default else ""
         rng = f"{c.defocus_range_um[0]:g}..{c.defocus_range_um[1]:g} um" if c.defocus_range_um else "unknown"
         click.echo(f"{m.name}{flag}")
-        click.echo(f"  {c.modality.value}, {c.channels} channel(s), trained at {c.mpp or 'unknown'} um/px, "
+        px = (f"{c.mpp_range[0]:g}-{c.mpp_range[1]:g} (median {c.mpp:g})" if c.mpp_range and c.mpp
+              else (c.mpp or "unknown"))
+        click.echo(f"  {c.modality.value}, {c.channels} channel(s), trained at {px} um/px, "
                    f"defocus {rng}, halo {c.halo} px, normalization {c.normalization}, version {c.version}")
         click.echo(f"  {c.description}")
         click.echo(f"  {m.path}  sha256 {m.sha256[:16]}...")
