@@ -74,4 +74,5 @@ def test_default_fluorescence_model_refocuses_a_defocused_real_image(tmp_path) -
                                      data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
 
     before, after = ssim(noisy), ssim(out)
+    print(f"SSIM to the in-focus image: defocused {before:.3f} -> refocused {after:.3f}")
     assert after > before + 0.1, (before, after)
