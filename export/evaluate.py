@@ -291,15 +291,20 @@ def model_card_markdown(report: dict, *, dataset_attrs: dict | None = None, limi
              f"* file: `{name}`, sha256 `{report['sha256']}`",
              f"* default model: {'yes' if card.get('default') else 'no'}", "", "## Model card (ONNX metadata)", "",
              "| key | value |", "|---|---|"]
-    lines += [f"| {k} | {card[k]} |" for k in ("modality", "channels", "mpp", "defocus_range_um", "normalization",
-                                                "halo", "version")]
+    def show(v: object) -> str:
+        return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
+
+    lines += [f"| {k} | {show(card[k])} |" for k in ("modality", "channels", "mpp", "defocus_range_um",
+                                                      "normalization", "halo", "version")]
+    if extra.get("mpp_range"):
+        lines.append(f"| mpp_range | {extra['mpp_range']} |")
     lines += ["", (f"Halo: measured receptive field of the correction ({halo.get('probe', '?')}): 99 % within "
                   f"{halo.get('radius_0.99_correction')} px, 99.9 % within {halo.get('radius_0.999_correction')} px "
                   f"(of the whole output: {halo.get('radius_0.99_output')} / {halo.get('radius_0.999_output')} px)."),
               "", "## Training data", ""]
     if dataset_attrs:
         summary, settings = dataset_attrs.get("summary", {}), dataset_attrs.get("settings", {})
-        lines += [(f"* builder: {dataset_attrs.get('kind')} ({settings.get('builder')}), "
+        lines += [(f"* builder: {settings.get('builder') or dataset_attrs.get('kind')}, "
                   f"{summary.get('pairs')} pairs of {dataset_attrs.get('patch_size')} px: train {summary.get('train')}, "
                   f"validation {summary.get('val')} (fields of view {summary.get('fov_train')} / {summary.get('fov_val')}; "
                   "validation fields never used for training)"),
