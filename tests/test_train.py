@@ -215,6 +215,13 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
     assert table["samples"] == 3 and all(r["n_rl"] == r["n"] for r in table["rows"])
     assert all(0 < r["ssim_rl"] <= 1 and 0 < r["ssim_output"] <= 1 for r in table["rows"])
     assert "RL-true-PSF" in markdown_table(table)
+    # the MODEL_CARD text: card values as JSON, the training pixel-size range, the validation table, limits
+    from export.evaluate import model_card_markdown
+
+    text = model_card_markdown({"model": str(out), "sha256": info.sha256, "card": info.card.as_dict(),
+                                "pairs": table}, limits=["a known limit"])
+    assert info.sha256 in text and "| mpp_range | [0.5, 0.5] |" in text and "* a known limit" in text
+    assert "| defocus_range_um | [" in text and "RL-true-PSF" in text
 
 
 @pytest.mark.slow
