@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .models import Generator, count_parameters
-from .train import build_generator, load_checkpoint
+from .train import build_generator, lineage_entry, load_checkpoint
 
 __all__ = ["ExportError", "export_onnx", "main", "measure_halo", "parity_check"]
 
@@ -182,10 +182,8 @@ def _lineage(init: str | None, depth: int = 0) -> list[dict]:
         log.warning("initial checkpoint %s is gone: the model card lists it without its details", p)
         return [{"checkpoint": str(init)}]
     state = load_checkpoint(p)
-    meta, cfg = state.get("meta", {}), state.get("config", {})
-    earlier = meta.get("lineage") or _lineage(cfg.get("init"), depth + 1)
-    return [*earlier, {"checkpoint": str(init), "dataset": meta.get("dataset"), "iteration": int(state["iteration"]),
-                       "seconds": float(state.get("seconds", 0.0)), "config": cfg}]
+    earlier = state.get("meta", {}).get("lineage") or _lineage(state.get("config", {}).get("init"), depth + 1)
+    return [*earlier, lineage_entry(init, state)]
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = None, default: bool = False,

@@ -52,7 +52,7 @@ from .data import NORMALIZATIONS, TorchPairs
 from .losses import discriminator_loss, generator_terms, ms_ssim, ssim
 from .models import Discriminator, Generator, count_parameters
 
-__all__ = ["TrainConfig", "build_generator", "load_checkpoint", "main", "train", "validate"]
+__all__ = ["TrainConfig", "build_generator", "lineage_entry", "load_checkpoint", "main", "train", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +262,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     if state is not None and "lineage" in state.get("meta", {}):
         meta["lineage"] = state["meta"]["lineage"]
     elif init is not None:  # the runs these weights come from, oldest first (for the model card)
-        meta["lineage"] = [*init["meta"].get("lineage", []),
-                           {"checkpoint": str(config.init), "dataset": init["meta"].get("dataset"),
-                            "iteration": int(init["iteration"]), "seconds": float(init.get("seconds", 0.0)),
-                            "config": init.get("config", {})}]
+        meta["lineage"] = [*init["meta"].get("lineage", []), lineage_entry(config.init, init)]
     (run / "config.json").write_text(json.dumps({"config": asdict(config), "meta": meta}, indent=2))
     log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs",
              gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val))
@@ -379,6 +376,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
             log.info("stopping at iteration %d (checkpoint saved)", it)
             break
     return {"iteration": it, "best_val_berhu": best, "best_iteration": best_it, "validation": last_val}
+
+
+def lineage_entry(checkpoint: str | Path, state: dict) -> dict:
+    """What a model card records of a run its weights came from (``state``: that run's checkpoint)."""
+    meta = state.get("meta", {})
+    return {"checkpoint": str(checkpoint), "dataset": meta.get("dataset"), "iteration": int(state["iteration"]),
+            "seconds": float(state.get("seconds", 0.0)), "config": state.get("config", {})}
 
 
 @torch.no_grad()
