@@ -289,7 +289,9 @@ def model_card_markdown(report: dict, *, dataset_attrs: dict | None = None, limi
     name = Path(report["model"]).name
     lines = [f"# {name}", "", card["description"], "",
              f"* file: `{name}`, sha256 `{report['sha256']}`",
-             f"* default model: {'yes' if card.get('default') else 'no'}", "", "## Model card (ONNX metadata)", "",
+             f"* default model: {'yes' if card.get('default') else 'no'}"
+             + (f"; status: **{extra['status']}** (used only when named: `--model {name.removesuffix('.onnx')}`)"
+                if extra.get("status") else ""), "", "## Model card (ONNX metadata)", "",
              "| key | value |", "|---|---|"]
     def show(v: object) -> str:
         return json.dumps(list(v)) if isinstance(v, (list, tuple)) else str(v)
@@ -341,7 +343,9 @@ def model_card_markdown(report: dict, *, dataset_attrs: dict | None = None, limi
         for r in lineage:
             c = r.get("config", {})
             lines.append(f"  * `{r.get('checkpoint')}`: {r.get('iteration')} iterations, "
-                         f"{float(r.get('seconds') or 0) / 3600:.2f} h, dataset `{r.get('dataset')}`, warm-up "
+                         f"{float(r.get('seconds') or 0) / 3600:.2f} h"
+                         f"{' on ' + r['hardware'] if r.get('hardware') else ''}, "
+                         f"dataset `{r.get('dataset')}`, warm-up "
                          f"{c.get('warmup')}, grey {c.get('gray_prob')}, contrast "
                          f"{c.get('contrast_range') or c.get('contrast_jitter')}, identity {c.get('identity_prob', 0)}")
     lines += ["", "## Validation", "",

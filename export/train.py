@@ -52,7 +52,8 @@ from .data import NORMALIZATIONS, TorchPairs
 from .losses import discriminator_loss, generator_terms, ms_ssim, ssim
 from .models import Discriminator, Generator, count_parameters
 
-__all__ = ["TrainConfig", "build_generator", "lineage_entry", "load_checkpoint", "main", "train", "validate"]
+__all__ = ["TrainConfig", "build_generator", "lineage_entry", "load_checkpoint", "main", "resolve_device", "train",
+           "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class TrainConfig:
     init: str | None = None
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
     minutes: float | None = None
     pause_file: str | None = None
 
@@ -139,8 +141,9 @@ def validate(gen: Generator, data: TorchPairs, *, rows: np.ndarray, c: float, ba
     n = 0
     for s in range(0, len(rows), batch):
         pairs = [data.sample(int(i)) for i in rows[s : s + batch]]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
-        y = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        dev = next(gen.parameters()).device
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
         pred = gen(x)
         pr, yr, xr = data.to_range(pred).clamp(0, 1), data.to_range(y), data.to_range(x).clamp(0, 1)
         k = x.shape[0]
@@ -214,12 +217,16 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
             log.warning("resuming with the stored dataset %s (not %s)", stored.dataset, config.dataset)
         stored.iterations, stored.minutes = config.iterations, config.minutes
         stored.threads, stored.pause_file = config.threads, config.pause_file
+        stored.device = config.device  # where it runs is not part of what the run is
         config = stored
         log.info("resuming %s at iteration %d", run, state["iteration"])
     if config.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={config.normalization!r}: use one of {NORMALIZATIONS}")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest convolutions once
     data = TorchPairs(config.dataset, split="train", normalization=config.normalization, crop=config.crop,
                       augment=True)
     val = TorchPairs(config.dataset, split="val", normalization=config.normalization)
@@ -230,6 +237,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     gen = Generator(data.channels, width=config.width, max_width=config.max_width, levels=config.levels,
                     mean=mean, std=std)
     disc = Discriminator(data.channels, width=config.d_width, depth=config.d_depth)
+    gen.to(device)
+    disc.to(device)
     ema = None
     if config.ema:
         if not 0.0 < config.ema < 1.0:
@@ -257,15 +266,15 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
         if "discriminator" in init:
             disc.load_state_dict(init["discriminator"])
         log.info("initial weights from %s (iteration %d)", config.init, int(init["iteration"]))
-    meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(), "generator_config": gen.config(),
+    meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(device), "generator_config": gen.config(),
             "generator_stats": {"mean": mean, "std": std}, "parameters": count_parameters(gen)}
     if state is not None and "lineage" in state.get("meta", {}):
         meta["lineage"] = state["meta"]["lineage"]
     elif init is not None:  # the runs these weights come from, oldest first (for the model card)
         meta["lineage"] = [*init["meta"].get("lineage", []), lineage_entry(config.init, init)]
     (run / "config.json").write_text(json.dumps({"config": asdict(config), "meta": meta}, indent=2))
-    log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs",
-             gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val))
+    log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs; on %s",
+             gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val), device)
     csv_log = _CsvLog(run / "log.csv", keep_until=it)
     rows = _val_rows(len(val), config.val_samples)
     sums: dict[str, float] = {}  # since the last logged row
@@ -297,6 +306,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                               gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
                               contrast_range=config.contrast_range, identity_prob=config.identity_prob,
                               focus_weight_um=config.focus_weight_um)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pred = gen(x)
             d_fake = disc(data.to_std(pred)) if adversarial else None
             terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
@@ -322,6 +332,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
                                   gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
                                   contrast_range=config.contrast_range, identity_prob=config.identity_prob,
                                   focus_weight_um=config.focus_weight_um)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.no_grad():
                     pred = gen(x)
                 d_fake, d_real = disc(data.to_std(pred)), disc(data.to_std(y))
@@ -382,7 +393,8 @@ def lineage_entry(checkpoint: str | Path, state: dict) -> dict:
     """What a model card records of a run its weights came from (``state``: that run's checkpoint)."""
     meta = state.get("meta", {})
     return {"checkpoint": str(checkpoint), "dataset": meta.get("dataset"), "iteration": int(state["iteration"]),
-            "seconds": float(state.get("seconds", 0.0)), "config": state.get("config", {})}
+            "seconds": float(state.get("seconds", 0.0)), "hardware": meta.get("hardware"),
+            "config": state.get("config", {})}
 
 
 @torch.no_grad()
@@ -408,11 +420,27 @@ def _load_init(path: str) -> dict:
     return load_checkpoint(p)
 
 
-def _hardware() -> str:
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when there is a GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device={name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: torch {torch.__version__} sees no CUDA GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _hardware(device: torch.device) -> str:
     import platform
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}, torch {torch.__version__}"
+    where = (f"{torch.cuda.get_device_name(device)} GPU" if device.type == "cuda"
+             else f"{torch.get_num_threads()} CPU threads, no GPU")
+    return f"{where} ({os.cpu_count()} CPU cores, {platform.machine()}), torch {torch.__version__}"
 
 
 def _pause(flag: Path, stop: Callable[[], bool] | None) -> float:
@@ -467,7 +495,7 @@ def _parser() -> argparse.ArgumentParser:
                                help="contrast factor range (log-uniform), instead of --contrast-jitter")
                 continue
             kind = {"max_width": int, "crop": int, "threads": int, "minutes": float,
-                    "pause_file": str, "init": str}.get(f.name, type(default))
+                    "pause_file": str, "init": str, "device": str}.get(f.name, type(default))
             p.add_argument(flag, type=kind, default=default, help=f"(default: {default})")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p

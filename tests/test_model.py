@@ -55,6 +55,20 @@ def test_resolve_by_name_path_and_default(tmp_path, monkeypatch) -> None:
         resolve_model("nope", modality=Modality.BRIGHTFIELD)
 
 
+def test_preview_models_are_used_only_when_named(tmp_path, monkeypatch) -> None:
+    save_model(conv_model(card=default_card(status="preview")), tmp_path / "bf-preview.onnx")
+    monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(tmp_path))
+    info = resolve_model("bf-preview", modality=Modality.BRIGHTFIELD)
+    assert info.card.preview and not info.card.default
+    # no brightfield model has passed its gates: the error names the previews and how to use one
+    if not any(m.card.modality is Modality.BRIGHTFIELD and not m.card.preview for m in list_models()):
+        with pytest.raises(ModelNotFoundError, match=r"preview models.*bf-preview.*--model"):
+            resolve_model(None, modality=Modality.BRIGHTFIELD)
+    # a released model of the modality, even one not marked default, comes before any preview
+    save_model(conv_model(card=default_card()), tmp_path / "bf-release.onnx")
+    assert resolve_model(None, modality=Modality.BRIGHTFIELD).name != "bf-preview"
+
+
 def test_channel_and_modality_checks(tmp_path) -> None:
     rgb = load_model_info(save_model(conv_model(card=default_card()), tmp_path / "rgb.onnx"))
     mono = load_model_info(save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),

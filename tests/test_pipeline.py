@@ -210,3 +210,19 @@ def test_integer_statistics_match_numpy(dtype, spec) -> None:
     slow = compute_stats(spec, pixels.astype(np.float64), dtype=np.float64)
     np.testing.assert_allclose(fast.offset, slow.offset, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(fast.scale, slow.scale, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize(("halo", "overlap"), [(40, 16), (8, 8), (0, 0)])
+def test_default_overlap_is_a_narrow_feather_capped_by_the_halo(tmp_path, halo, overlap) -> None:
+    import tifffile
+
+    from wsi_deepr import open_slide
+    from wsi_deepr.api import plan_refocus
+    from wsi_deepr.model import load_model_info
+
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, np.full((300, 300, 3), 200, np.uint8), photometric="rgb")
+    model = load_model_info(save_model(conv_model(card=default_card(halo=halo)), tmp_path / "m.onnx"))
+    plan = plan_refocus(open_slide(src), model, tile=256, background="process")
+    assert (plan.grid.halo, plan.grid.overlap) == (halo, overlap)
+    assert plan_refocus(open_slide(src), model, tile=256, overlap=3, background="process").grid.overlap == 3

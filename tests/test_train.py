@@ -275,6 +275,31 @@ def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
         train(dataclasses.replace(_tiny(pairs), init=str(tmp_path / "none")), tmp_path / "d")
 
 
+def test_device_choice_and_the_hardware_in_the_lineage(pairs, tmp_path):
+    import dataclasses
+
+    from export.train import lineage_entry, resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            resolve_device("cuda")
+    train(_tiny(pairs, iterations=1, device="cpu"), tmp_path / "a")
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert "CPU threads" in a["meta"]["hardware"] or "GPU" in a["meta"]["hardware"]
+    # where a run goes on is not part of the run: a resumed run takes the device it is given now
+    train(_tiny(pairs, iterations=2, device="auto"), tmp_path / "a")
+    assert load_checkpoint(tmp_path / "a" / "last.pt")["config"]["device"] == "auto"
+    # a model card's lineage says on what each earlier run trained
+    train(dataclasses.replace(_tiny(pairs, iterations=0), init=str(tmp_path / "a" / "last.pt")), tmp_path / "b")
+    lineage = load_checkpoint(tmp_path / "b" / "last.pt")["meta"]["lineage"]
+    assert lineage[-1]["hardware"] == a["meta"]["hardware"]
+    assert lineage_entry("x.pt", a)["hardware"] == a["meta"]["hardware"]
+
+
 def test_ema_weights_are_validated_saved_and_resumed(pairs, tmp_path):
     import dataclasses
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
+from .background import BackgroundMask, glass_level, tissue_mask, window_skip_mask
 from .errors import OutputError, OutputExistsError
 from .geometry import TileGrid
 from .inference import SessionSpec, active_provider, get_session, providers_for
@@ -31,7 +32,11 @@ from .io.scaled import ReducedReader
 from .pipeline import RefocusPlan, store_to_zarr
 from .scale import choose_scale
 
-__all__ = ["RefocusResult", "default_output_path", "plan_refocus", "refocus"]
+__all__ = ["BACKGROUND_MODES", "RefocusResult", "default_output_path", "detect_background", "plan_refocus", "refocus"]
+
+BACKGROUND_MODES = ("auto", "skip", "process")
+#: default feather between window cores, px (capped by the halo)
+DEFAULT_OVERLAP = 16
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,7 @@ def plan_refocus(
     skip: np.ndarray | None = None,
     check_session: bool = True,
     scale: str = "auto",
+    background: str = "auto",
 ) -> RefocusPlan:
     """Check the model against ``slide`` and build the :class:`RefocusPlan`.
 
@@ -104,11 +110,16 @@ def plan_refocus(
     ``device="cuda"`` without a working CUDA provider fails before any work
     is done.  ``scale`` (``"auto"`` or ``"native"``) picks the pixel size the
     model runs at (:func:`wsi_deepr.scale.choose_scale`): the slide's level 0,
-    a pyramid level, or a level reduced by an integer factor.
+    a pyramid level, or a level reduced by an integer factor.  ``background``
+    (``"auto"``, ``"skip"`` or ``"process"``) decides whether windows of blank
+    glass are passed through (:mod:`wsi_deepr.background`); ``"auto"`` skips
+    them on brightfield slides.  An explicit ``skip`` mask wins over it.
     """
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background={background!r}: use one of {BACKGROUND_MODES}")
     check_compatible(model, n_channels=slide.n_channels, modality=slide.modality)
     halo = model.card.halo if halo is None else int(halo)
-    overlap = halo if overlap is None else int(overlap)
+    overlap = min(halo, DEFAULT_OVERLAP) if overlap is None else int(overlap)
     decision = choose_scale(level_mpps(slide), model_mpp=model.card.mpp, model_mpp_range=model.card.mpp_range,
                             mode=scale)
     log.info("scale: %s", decision.reason)
@@ -126,11 +137,62 @@ def plan_refocus(
     stats = compute_stats(model.card.normalization, pixels, dtype=slide.dtype, source=source)
     log.info("normalisation %s from %s: offset %s scale %s", stats.spec, source,
              np.round(stats.offset, 3).tolist(), np.round(stats.scale, 3).tolist())
+    found = None
+    if skip is None and _detects_background(background, slide):
+        found = detect_background(slide, grid)
+        skip = found.skip
+        log.info("background: %d of %d windows are blank glass (tissue %.1f %% of %s); passed through",
+                 np.count_nonzero(skip), skip.size, 100 * found.tissue_fraction, found.source)
     return RefocusPlan(
         reader=reader, level=level, grid=grid, n_channels=c, spec=spec,
         model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
         skip=grid.check_mask(skip), batch=batch, scale=decision,
+        background=None if found is None else found.to_dict(),
     )
+
+
+def _detects_background(mode: str, slide: Slide) -> bool:
+    if mode == "process":
+        return False
+    brightfield = slide.modality is Modality.BRIGHTFIELD
+    if mode == "skip" and not brightfield:
+        raise ValueError(f"background='skip' finds glass by optical density, which needs a brightfield slide "
+                         f"(this one is {slide.modality.value}); use background='process'")
+    return brightfield
+
+
+def detect_background(slide: Slide, grid: TileGrid, *, max_ratio: int = 32,
+                      max_pixels: int = 16_000_000) -> BackgroundMask:
+    """Find the windows of ``grid`` that hold only glass, on a low-resolution thumbnail.
+
+    The thumbnail is the coarsest pyramid level at most ``max_ratio`` times
+    smaller than the grid's image (a 512-px window then covers >= 16
+    thumbnail pixels), block-averaged further if it has over ``max_pixels``.
+    """
+    h, w = grid.shape
+    chosen = 0  # levels run from fine to coarse: the last that is fine enough
+    for i, (ly, lx, _) in enumerate(slide.level_shapes):
+        if h / ly <= max_ratio and w / lx <= max_ratio:
+            chosen = i
+    ly, lx, _ = slide.level_shapes[chosen]
+    factor = max(1, int(np.ceil(np.sqrt(ly * lx / max_pixels))))
+    usable_y, usable_x = ly - ly % factor, lx - lx % factor
+    step = max(1, 2048 // factor) * factor
+    strips = []
+    for y0 in range(0, usable_y, step):  # in strips: a large level is never held whole
+        y1 = min(y0 + step, usable_y)
+        block = np.asarray(slide.read_region(chosen, y0, 0, y1, usable_x), dtype=np.float32)
+        if factor > 1:
+            block = block.reshape((y1 - y0) // factor, factor, usable_x // factor, factor, -1).mean(axis=(1, 3))
+        strips.append(block)
+    thumb = np.concatenate(strips, axis=0)
+    dt = np.dtype(slide.dtype)
+    full = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
+    glass = glass_level(thumb, full_scale=full)
+    tissue = tissue_mask(thumb, full_scale=full, glass=glass)
+    source = f"level {chosen} ({lx}x{ly}){f' averaged {factor}x{factor}' if factor > 1 else ''}"
+    return BackgroundMask(skip=window_skip_mask(tissue, grid), tissue_fraction=float(tissue.mean()),
+                          glass=tuple(float(g) for g in glass), source=source, od_threshold=0.1)
 
 
 def _output_mpp(slide: Slide, plan: RefocusPlan) -> tuple[float, float] | None:
@@ -207,6 +269,7 @@ def refocus(
     skip: np.ndarray | None = None,
     resume: bool = True,
     scale: str = "auto",
+    background: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF.
@@ -236,7 +299,9 @@ def refocus(
     halo : int, optional
         Context cropped from each window side; default from the model card.
     overlap : int, optional
-        Feathered overlap between window cores; default = halo.
+        Feathered overlap between window cores; default ``min(halo, 16)``
+        (every core pixel already has ``halo`` px of context: a wider feather
+        only adds windows, see ``benchmarks/seams.py``).
     batch : int, optional
         Windows per ONNX Runtime call and per task (default: 2 on the CPU,
         where batching gains nothing and small tasks balance better; 8 on CUDA).
@@ -257,7 +322,8 @@ def refocus(
     compression : str
         ``"auto"`` (JPEG for RGB, zlib otherwise), ``"jpeg"``, ``"zlib"`` or ``"zstd"``.
     skip : numpy.ndarray, optional
-        Boolean window-grid mask of windows to pass through unchanged.
+        Boolean window-grid mask of windows to pass through unchanged (wins
+        over ``background``).
     resume : bool
         Reuse a matching scratch from an interrupted run (default); ``False``
         starts afresh.
@@ -267,6 +333,12 @@ def refocus(
         area-mean reduction) that matches it; the output is then written at
         that pixel size.  ``"native"`` always refocuses full resolution.  What
         was done is in the provenance (``scale``); see :mod:`wsi_deepr.scale`.
+    background : {"auto", "skip", "process"}
+        ``"skip"`` passes windows of blank glass through unchanged (tissue
+        found by optical density on a thumbnail, see
+        :mod:`wsi_deepr.background`); ``"process"`` refocuses every window;
+        ``"auto"`` (default) skips on brightfield slides and processes
+        fluorescence.  What was found is in the provenance (``background``).
     progress : callable, optional
         ``progress(done, total)`` in model windows (tiles), called as their
         output is written (a resumed run starts at the windows already done).
@@ -306,6 +378,7 @@ def refocus(
     plan = plan_refocus(
         slide, info, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
         threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local, scale=scale,
+        background=background,
     )
     out_mpp = _output_mpp(slide, plan)
 
@@ -400,6 +473,7 @@ def refocus(
             "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,
             "workers": workers if client is None else scheduler_info.get("threads"),
             "intra_op_threads": plan.spec.intra_op_threads, "resume": resume, "scale": scale,
+            "background": background,
         }
         record = {
             "version": __version__,
@@ -418,6 +492,7 @@ def refocus(
             "parameters": parameters,
             "normalization": json.loads(plan.stats.to_json()),
             "scale": plan.scale.as_dict(),
+            "background": plan.background,
             "output_shape": list(plan.shape),
             "output_mpp": list(out_mpp) if out_mpp else None,
             "scheduler": scheduler_info,

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".tif", ".tiff",
                   ".qptiff")
 #: manifest columns that are passed to refocus for that slide only
-MANIFEST_OPTIONS = ("model", "modality", "scale")
+MANIFEST_OPTIONS = ("model", "modality", "scale", "background")
 REPORT_FIELDS = ("input", "output", "status", "seconds", "tiles", "resumed_blocks", "model", "provider",
                  "error")
 
@@ -106,7 +106,8 @@ class ManifestError(WsiDeeprError, ValueError):
 
 def read_manifest(path: str | os.PathLike, *, output_dir: str | os.PathLike | None = None) -> list[BatchItem]:
     """Read a CSV manifest: column ``input`` (or ``slide``/``path``), optional
-    ``output``, ``model`` and ``modality``; empty cells mean the default.
+    ``output``, ``model``, ``modality``, ``scale`` and ``background``; empty
+    cells mean the default.
 
     Relative inputs are relative to the manifest's folder, relative outputs to
     ``output_dir`` (or the manifest's folder without it).

@@ -5,7 +5,9 @@ shape (dynamic N, H, W) and whose ``metadata_props`` hold a model card with the
 keys in :data:`CARD_KEYS`.  Models are found in the package's ``models/``
 folder and in the folders listed in ``$WSI_DEEPR_MODEL_PATH`` (``os.pathsep``
 separated).  The default model of a modality is the one whose card has
-``default = true`` for that modality.
+``default = true`` for that modality.  A card with ``status = preview`` (an
+optional key) marks a model that has not passed its quality gates: it is
+never picked implicitly, only when named (``--model NAME``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,11 @@ class ModelCard:
             log.warning("ignoring the model card's mpp_range %r: need 0 < low <= high", text)
             return None
         return lo, hi
+
+    @property
+    def preview(self) -> bool:
+        """``True`` when the card says ``status = preview``: used only when asked for by name."""
+        return dict(self.extra).get("status", "").strip().lower() == "preview"
 
     def as_dict(self) -> dict:
         """JSON-friendly dict (for ``wsi-deepr models`` and output metadata)."""
@@ -269,12 +276,16 @@ def resolve_model(model: str | os.PathLike | None, *, modality: Modality) -> Mod
         raise ModelNotFoundError(
             f"no model named {text!r} (installed: {names}); pass a .onnx path or see 'wsi-deepr models'"
         )
-    candidates = [i for i in list_models() if i.card.modality is modality]
+    of_modality = [i for i in list_models() if i.card.modality is modality]
+    candidates = [i for i in of_modality if not i.card.preview]
     defaults = [i for i in candidates if i.card.default] or candidates
     if not defaults:
+        previews = ", ".join(i.name for i in of_modality if i.card.preview)
+        hint = (f"; preview models (not yet passing their quality gates, see their MODEL_CARD): {previews}, "
+                f"used only when named, e.g. --model {previews.split(', ')[0]}" if previews else "")
         raise ModelNotFoundError(
-            f"no default {modality.value} model is installed; pass --model PATH to a Deep-R "
-            f".onnx model (see 'wsi-deepr models'), or set ${ENV_MODEL_PATH} to a folder of models"
+            f"no default {modality.value} model is installed{hint}; pass --model NAME or a .onnx PATH "
+            f"(see 'wsi-deepr models'), or set ${ENV_MODEL_PATH} to a folder of models"
         )
     return defaults[0]
 

@@ -81,6 +81,9 @@ class RefocusPlan:
     scale : ScaleDecision or None
         Where the model runs relative to the slide (see :mod:`wsi_deepr.scale`);
         ``reader``/``level`` already read at that scale.
+    background : dict or None
+        What background detection found (:meth:`wsi_deepr.background.BackgroundMask.to_dict`),
+        or ``None`` when it did not run.
     """
 
     reader: RegionReader
@@ -94,6 +97,7 @@ class RefocusPlan:
     skip: np.ndarray | None = None
     batch: int = 4
     scale: ScaleDecision | None = None
+    background: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

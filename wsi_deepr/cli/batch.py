@@ -26,7 +26,8 @@ EXIT_FAILED = 1
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), default=None,
-              help="CSV with a column 'input' (optional: output, model, modality), one slide a row.")
+              help="CSV with a column 'input' (optional: output, model, modality, scale, background), "
+                   "one slide a row.")
 @click.option("--output-dir", type=click.Path(path_type=Path), required=True,
               help="Folder of the outputs (created if missing) and of the report.")
 @click.option("--recursive", is_flag=True, help="Look for slides in the subfolders of folder INPUTS too.")
@@ -39,7 +40,8 @@ EXIT_FAILED = 1
 @handle_errors
 def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, recursive: bool, report: Path | None,
           model: str | None, modality: str, device: str, tile: int, halo: int | None, overlap: int | None,
-          batch: int | None, scale: str, jpeg_quality: int, overwrite: bool, no_resume: bool, scheduler: str,
+          batch: int | None, scale: str, background: str, jpeg_quality: int, overwrite: bool, no_resume: bool,
+          scheduler: str,
           workers: int | None, threads_per_worker: int | None, dashboard_address: str, verbose: int,
           quiet: bool) -> None:
     """Refocus many slides: files, folders of slides, or a CSV manifest.
@@ -92,7 +94,7 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
             items, overwrite=overwrite, report=report, on_start=on_start, on_done=on_done, progress=bar,
             model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
             workers=workers if cluster is None else None, scheduler=target, jpeg_quality=jpeg_quality,
-            resume=not no_resume, scale=scale,
+            resume=not no_resume, scale=scale, background=background,
         )
     finally:
         bar.close()

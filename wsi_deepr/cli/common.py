@@ -110,13 +110,18 @@ def refocus_options(func: Callable) -> Callable:
         click.option("--halo", type=click.IntRange(min=0), default=None,
                      help="Context pixels cropped from each window side [default: from the model card]."),
         click.option("--overlap", type=click.IntRange(min=0), default=None,
-                     help="Feathered overlap between windows [default: the halo]."),
+                     help="Feathered overlap between windows [default: 16, or the halo if smaller]."),
         click.option("--batch", type=click.IntRange(min=1), default=None,
                      help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA]."),
         click.option("--scale", type=click.Choice(["auto", "native"]), default="auto", show_default=True,
                      help="'auto': refocus at the model's training pixel size (a finer slide's matching "
                           "pyramid level, or an area-mean reduction; the output is written at that size). "
                           "'native': always full resolution."),
+        click.option("--background", type=click.Choice(["auto", "skip", "process"]), default="auto",
+                     show_default=True,
+                     help="'skip': pass windows of blank glass through unchanged (tissue found by optical "
+                          "density on a thumbnail); 'process': refocus every window; 'auto': skip on "
+                          "brightfield slides, process fluorescence."),
         click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True,
                      help="JPEG quality of brightfield RGB output."),
         click.option("--overwrite", is_flag=True, help="Replace outputs that exist."),

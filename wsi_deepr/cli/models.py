@@ -29,7 +29,7 @@ def models(as_json: bool, verbose: int, quiet: bool) -> None:
         return
     for m in found:
         c = m.card
-        flag = " (default)" if c.default else ""
+        flag = " (default)" if c.default else " (preview: only with --model)" if c.preview else ""
         rng = f"{c.defocus_range_um[0]:g}..{c.defocus_range_um[1]:g} um" if c.defocus_range_um else "unknown"
         click.echo(f"{m.name}{flag}")
         px = (f"{c.mpp_range[0]:g}-{c.mpp_range[1]:g} (median {c.mpp:g})" if c.mpp_range and c.mpp

@@ -27,7 +27,8 @@ from .common import (
 @verbosity_options
 @handle_errors
 def refocus(slide: Path, output: Path | None, model: str | None, modality: str, device: str, tile: int,
-            halo: int | None, overlap: int | None, batch: int | None, scale: str, jpeg_quality: int,
+            halo: int | None, overlap: int | None, batch: int | None, scale: str, background: str,
+            jpeg_quality: int,
             overwrite: bool, no_resume: bool, scheduler: str, workers: int | None, threads_per_worker: int | None,
             dashboard_address: str, verbose: int, quiet: bool) -> None:
     """Refocus SLIDE into a pyramidal OME-TIFF.
@@ -48,7 +49,8 @@ def refocus(slide: Path, output: Path | None, model: str | None, modality: str, 
         result = run_refocus(
             slide, output, model=model, modality=modality, device=device, tile=tile, halo=halo,
             overlap=overlap, batch=batch, workers=workers if cluster is None else None, scheduler=target,
-            overwrite=overwrite, jpeg_quality=jpeg_quality, resume=not no_resume, scale=scale, progress=bar,
+            overwrite=overwrite, jpeg_quality=jpeg_quality, resume=not no_resume, scale=scale,
+            background=background, progress=bar,
         )
     finally:
         bar.close()
