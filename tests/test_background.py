@@ -141,3 +141,14 @@ def test_glass_is_found_on_a_real_slide():
     assert 0.02 < found.skip.mean() < 0.6
     assert 0.2 < found.tissue_fraction < 0.95
     assert all(200 < g <= 255 for g in found.glass)
+
+
+def test_a_large_level_is_read_in_strips_and_averaged(tmp_path):
+    img = _glass_with_tissue(shape=(1200, 1000), box=(500, 100, 700, 400))
+    slide = open_slide(_write_slide(tmp_path / "big.tif", img))
+    grid = TileGrid(img.shape[:2], tile=128, halo=4, overlap=4)
+    exact = window_skip_mask(tissue_mask(img, full_scale=255), grid)
+    found = detect_background(slide, grid, max_pixels=30_000)  # forces 7x7 block means of level 0
+    assert "averaged 7x7" in found.source
+    assert not (found.skip & ~exact).any()  # never skips a window that holds tissue
+    assert found.skip.sum() >= 0.8 * exact.sum()  # and finds most of the glass

@@ -177,14 +177,15 @@ def detect_background(slide: Slide, grid: TileGrid, *, max_ratio: int = 32,
     ly, lx, _ = slide.level_shapes[chosen]
     factor = max(1, int(np.ceil(np.sqrt(ly * lx / max_pixels))))
     usable_y, usable_x = ly - ly % factor, lx - lx % factor
-    step = max(1, 2048 // factor) * factor
+    step = max(1, 512 // factor) * factor
     strips = []
-    for y0 in range(0, usable_y, step):  # in strips: a large level is never held whole
+    for y0 in range(0, usable_y, step):  # in strips of <= ~512 rows: a large level is never held whole
         y1 = min(y0 + step, usable_y)
-        block = np.asarray(slide.read_region(chosen, y0, 0, y1, usable_x), dtype=np.float32)
+        block = np.asarray(slide.read_region(chosen, y0, 0, y1, usable_x))
         if factor > 1:
-            block = block.reshape((y1 - y0) // factor, factor, usable_x // factor, factor, -1).mean(axis=(1, 3))
-        strips.append(block)
+            block = block.reshape((y1 - y0) // factor, factor, usable_x // factor, factor, -1).mean(
+                axis=(1, 3), dtype=np.float32)
+        strips.append(block.astype(np.float32, copy=False))
     thumb = np.concatenate(strips, axis=0)
     dt = np.dtype(slide.dtype)
     full = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
