@@ -39,6 +39,15 @@ def test_tissue_mask_finds_stain_and_leaves_noisy_glass():
     np.testing.assert_allclose(glass_level(img, full_scale=255), 238, atol=6)
 
 
+def test_tissue_mask_is_the_optical_density_test():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (64, 80, 3)).astype(np.uint8)
+    glass = np.array([240.0, 230.0, 250.0])
+    od = -np.log10((img.astype(np.float64) + 1) / (glass + 1))
+    np.testing.assert_array_equal(tissue_mask(img, full_scale=255, glass=glass, od_threshold=0.15),
+                                  od.max(axis=-1) > 0.15)
+
+
 def test_a_slide_of_tissue_only_is_all_tissue():
     rng = np.random.default_rng(1)
     img = np.clip(np.array([150.0, 80.0, 130.0]) + rng.normal(0, 10, (100, 120, 3)), 0, 255).astype(np.uint8)

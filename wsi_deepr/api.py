@@ -162,12 +162,13 @@ def _detects_background(mode: str, slide: Slide) -> bool:
 
 
 def detect_background(slide: Slide, grid: TileGrid, *, max_ratio: int = 32,
-                      max_pixels: int = 16_000_000) -> BackgroundMask:
+                      max_pixels: int = 4_000_000) -> BackgroundMask:
     """Find the windows of ``grid`` that hold only glass, on a low-resolution thumbnail.
 
     The thumbnail is the coarsest pyramid level at most ``max_ratio`` times
     smaller than the grid's image (a 512-px window then covers >= 16
-    thumbnail pixels), block-averaged further if it has over ``max_pixels``.
+    thumbnail pixels), block-averaged further if it has over ``max_pixels``
+    (a 2048-px window still covers >= 64 of them at the default 4 MP).
     """
     h, w = grid.shape
     chosen = 0  # levels run from fine to coarse: the last that is fine enough
