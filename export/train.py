@@ -139,9 +139,9 @@ def validate(gen: Generator, data: TorchPairs, *, rows: np.ndarray, c: float, ba
     gen.eval()
     acc: dict[str, float] = {}
     n = 0
+    dev = next(gen.parameters()).device
     for s in range(0, len(rows), batch):
         pairs = [data.sample(int(i)) for i in rows[s : s + batch]]
-        dev = next(gen.parameters()).device
         x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
         y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
         pred = gen(x)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .background import BackgroundMask, glass_level, tissue_mask, window_skip_mask
+from .background import OD_THRESHOLD, BackgroundMask, glass_level, tissue_mask, window_skip_mask
 from .errors import OutputError, OutputExistsError
 from .geometry import TileGrid
 from .inference import SessionSpec, active_provider, get_session, providers_for
@@ -186,15 +186,15 @@ def detect_background(slide: Slide, grid: TileGrid, *, max_ratio: int = 32,
         if factor > 1:
             block = block.reshape((y1 - y0) // factor, factor, usable_x // factor, factor, -1).mean(
                 axis=(1, 3), dtype=np.float32)
-        strips.append(block.astype(np.float32, copy=False))
+        strips.append(block)
     thumb = np.concatenate(strips, axis=0)
     dt = np.dtype(slide.dtype)
     full = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
     glass = glass_level(thumb, full_scale=full)
-    tissue = tissue_mask(thumb, full_scale=full, glass=glass)
+    tissue = tissue_mask(thumb, full_scale=full, glass=glass, od_threshold=OD_THRESHOLD)
     source = f"level {chosen} ({lx}x{ly}){f' averaged {factor}x{factor}' if factor > 1 else ''}"
     return BackgroundMask(skip=window_skip_mask(tissue, grid), tissue_fraction=float(tissue.mean()),
-                          glass=tuple(float(g) for g in glass), source=source, od_threshold=0.1)
+                          glass=tuple(float(g) for g in glass), source=source, od_threshold=OD_THRESHOLD)
 
 
 def _output_mpp(slide: Slide, plan: RefocusPlan) -> tuple[float, float] | None:

@@ -27,7 +27,10 @@ from scipy import ndimage
 
 from .geometry import TileGrid
 
-__all__ = ["BackgroundMask", "glass_level", "tissue_mask", "window_skip_mask"]
+__all__ = ["OD_THRESHOLD", "BackgroundMask", "glass_level", "tissue_mask", "window_skip_mask"]
+
+#: optical density above which a thumbnail pixel is tissue
+OD_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def glass_level(thumb: np.ndarray, *, full_scale: float, percentile: float = 99.
     return np.maximum(level, min_fraction * full_scale)
 
 
-def tissue_mask(thumb: np.ndarray, *, full_scale: float, od_threshold: float = 0.1,
+def tissue_mask(thumb: np.ndarray, *, full_scale: float, od_threshold: float = OD_THRESHOLD,
                 glass: np.ndarray | None = None) -> np.ndarray:
     """Boolean ``(Y, X)`` mask of tissue on a brightfield thumbnail ``(Y, X, C)``.
 
