@@ -5,17 +5,20 @@ For every model ``wsi-deepr models`` lists (or the ``--model`` files given):
 * ``s/tile``: one ``1 x C x 512 x 512`` window, ONNX Runtime CPU with
   ``--threads`` intra-op threads, median of ``--repeats`` runs after two
   warm-ups (the issue's target: <= 0.3 s on this 2-core machine);
-* ``s/MP``: ``wsi_deepr.refocus`` of a real slide of the model's modality
-  (threads scheduler, all cores, default tile/halo/overlap), wall-clock seconds
+* ``s/MP``: ``wsi_deepr.refocus`` of real slides of the model's modality
+  (threads scheduler, all cores, default halo/overlap), wall-clock seconds
   per megapixel of the slide, so overlap, reading, blending and writing
   are included (target: <= 1 s/MP), with the defaults of ``wsi-deepr refocus``
   (on brightfield, windows of blank glass are passed through; their count is
-  shown).  A 1-channel fluorescence model runs once per channel: its slide
+  shown), once per ``--tiles`` setting: fixed sizes such as ``512`` (the
+  default) and ``auto`` (:func:`wsi_deepr.geometry.choose_tile`).
+  Each run is its own process, so its peak resident memory is reported too.
+  A 1-channel fluorescence model runs once per channel: its slide
   (3 channels) is also reported per channel-megapixel.
 
 Usage (from the repository root)::
 
-    python benchmarks/installed_models.py [--model M.onnx ...] [--json out.json]
+    python benchmarks/installed_models.py [--model M.onnx ...] [--tiles 512 auto] [--json out.json]
 
 Waits while ``/tmp/wd/QUIET`` exists; creates it while timing, so that
 training jobs started with ``--pause-file /tmp/wd/QUIET`` pause meanwhile.
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,11 +42,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import time_onnx_tile  # noqa: E402
 QUIET = Path("/tmp/wd/QUIET")
-SLIDES = {"brightfield": ROOT / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs",
-          "fluorescence": ROOT / ".." / "shared" / "data" / "slides" / "small_vectra.qptiff"}
+DATA = ROOT / ".." / "shared" / "data" / "slides"
+SLIDES = {"brightfield": [DATA / "CMU-1-Small-Region.svs", DATA / "tcga-cr-7395-01a-01-ts1.svs"],
+          "fluorescence": [DATA / "small_vectra.qptiff"]}
 
 
-def end_to_end(path: Path, slide: Path) -> dict:
+def end_to_end(path: Path, slide: Path, tile: int | str) -> dict:
     """Refocus ``slide`` with the model; seconds per megapixel of the slide."""
     from wsi_deepr import open_slide, refocus
 
@@ -49,15 +55,28 @@ def end_to_end(path: Path, slide: Path) -> dict:
     mp = s.shape[0] * s.shape[1] / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        result = refocus(slide, Path(tmp) / "out.ome.tif", model=path)
+        result = refocus(slide, Path(tmp) / "out.ome.tif", model=path, tile=tile)
         secs = time.perf_counter() - t
     per_channel = result.provenance["model_card"]["channels"] == 1
+    params = result.provenance["parameters"]
     return {"slide": slide.name, "megapixels": round(mp, 3), "channels": s.n_channels, "seconds": round(secs, 2),
             "s_per_mp": round(secs / mp, 3),
             "s_per_channel_mp": round(secs / mp / s.n_channels, 3) if per_channel else None,
-            "windows": result.windows, "skipped": result.provenance["parameters"]["skipped_windows"],
-            "halo_overlap": [result.provenance["parameters"]["halo"], result.provenance["parameters"]["overlap"]],
-            "scale": result.provenance["scale"]["action"]}
+            "tile": params["tile"], "batch": params["batch"],
+            "windows": result.windows, "skipped": params["skipped_windows"],
+            "halo_overlap": [params["halo"], params["overlap"]],
+            "scale": result.provenance["scale"]["action"],
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def end_to_end_in_subprocess(path: Path, slide: Path, tile: str) -> dict:
+    """:func:`end_to_end` in a fresh interpreter (its own peak memory)."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"from installed_models import end_to_end; "
+            f"print(json.dumps(end_to_end(__import__('pathlib').Path({str(path)!r}), "
+            f"__import__('pathlib').Path({str(slide)!r}), {tile if tile == 'auto' else int(tile)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, action="append", help="an ONNX model (repeatable; default: installed)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--tiles", nargs="+", default=["512", "auto"],
+                   help="window sizes of the end-to-end runs (512 is the default of refocus; 'auto' picks one)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     from wsi_deepr.model import list_models, load_model_info
@@ -86,20 +107,24 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": info.name, "modality": info.card.modality.value, "channels": info.card.channels,
                    "onnx_mb": round(info.path.stat().st_size / 2**20, 2), "default": info.card.default,
                    "s_per_tile": round(float(np.median(secs)), 3), "s_per_tile_min": round(float(np.min(secs)), 3)}
-            slide = SLIDES[info.card.modality.value]
-            if slide.exists():
-                row |= end_to_end(info.path, slide.resolve())
-            rows.append(row)
+            for slide in SLIDES[info.card.modality.value]:
+                if not slide.exists():
+                    continue
+                for tile in args.tiles:
+                    run = row | {"tiles": tile} | end_to_end_in_subprocess(info.path, slide.resolve(), tile)
+                    print(json.dumps(run), flush=True)
+                    rows.append(run)
     finally:
         QUIET.unlink(missing_ok=True)
-    print("| model | modality | ONNX MB | ORT s/512² tile (median, 2 threads) | slide | halo:overlap | "
-          "s/MP end to end | per channel-MP |")
-    print("|---|---|---:|---:|---|---|---:|---:|")
+    print("| model | modality | ONNX MB | ORT s/512² tile (median, 2 threads) | slide | --tile → window, batch | "
+          "halo:overlap | s/MP end to end | per channel-MP | peak RSS MB |")
+    print("|---|---|---:|---:|---|---|---|---:|---:|---:|")
     for r in rows:
-        hv = ":".join(map(str, r.get("halo_overlap", ["?", "?"])))
-        print(f"| {r['model']} | {r['modality']} | {r['onnx_mb']} | {r['s_per_tile']:.3f} | {r.get('slide', '–')} "
-              f"({r.get('megapixels', '?')} MP × {r.get('channels', '?')} ch, {r.get('windows', '?')} windows, "
-              f"{r.get('skipped', 0)} glass) | {hv} | {r.get('s_per_mp', '–')} | {r.get('s_per_channel_mp') or '–'} |")
+        hv = ":".join(map(str, r["halo_overlap"]))
+        print(f"| {r['model']} | {r['modality']} | {r['onnx_mb']} | {r['s_per_tile']:.3f} | {r['slide']} "
+              f"({r['megapixels']} MP × {r['channels']} ch, {r['windows']} windows, {r['skipped']} glass) | "
+              f"{r['tiles']} → {r['tile']}, {r['batch']} | {hv} | {r['s_per_mp']} | {r['s_per_channel_mp'] or '–'} | "
+              f"{r['peak_rss_mb']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -1,8 +1,9 @@
 """Tiling error and cost: halo and overlap against a whole-image oracle.
 
 A real crop of a slide is refocused once as a single window (the oracle:
-no tiling at all) and then with 512-px windows for several ``(halo,
-overlap)`` pairs, through the full pipeline with lossless output.  For each
+no tiling at all) and then with 512-px windows (or ``HALO:OVERLAP@TILE``:
+another size, ``auto`` for :func:`wsi_deepr.geometry.choose_tile`) for several ``(halo, overlap)``
+pairs, through the full pipeline with lossless output.  For each
 pair it reports the windows run, the wall-clock seconds per megapixel and
 the difference to the oracle in output levels (8-bit): maximum, 99.9th
 percentile and mean.  ``halo`` is the context cropped from each window side;
@@ -13,7 +14,7 @@ between windows is ``tile - 2 * halo - overlap``, so the cost grows as
 Usage (from the repository root)::
 
     python benchmarks/seams.py [--model NAME] [--slide S.svs] [--size 1536]
-                               [--pairs 88:88 88:16 ...] [--json out.json]
+                               [--pairs 88:88 88:16 88:16@auto ...] [--json out.json]
 
 Creates ``/tmp/wd/QUIET`` while timing (training jobs started with
 ``--pause-file /tmp/wd/QUIET`` pause meanwhile).
@@ -37,8 +38,8 @@ SLIDE = ROOT / ".." / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 MODALITY = {"value": "auto"}  # the source slide's, for the crop (written as a plain TIFF)
 
 
-def run(slide: Path, out: Path, model: str, **kw) -> tuple[np.ndarray, float, int]:
-    """Refocus ``slide`` into ``out`` (lossless); the pixels, seconds and windows."""
+def run(slide: Path, out: Path, model: str, **kw) -> tuple[np.ndarray, float, int, int]:
+    """Refocus ``slide`` into ``out`` (lossless); the pixels, seconds, windows and window size."""
     import tifffile
 
     from wsi_deepr import refocus
@@ -46,7 +47,7 @@ def run(slide: Path, out: Path, model: str, **kw) -> tuple[np.ndarray, float, in
     t = time.perf_counter()
     result = refocus(slide, out, model=model, compression="zlib", background="process", scheduler="threads",
                      workers=2, modality=MODALITY["value"], **kw)
-    return tifffile.imread(out), time.perf_counter() - t, result.windows
+    return tifffile.imread(out), time.perf_counter() - t, result.windows, result.provenance["parameters"]["tile"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slide", type=Path, default=SLIDE)
     p.add_argument("--size", type=int, default=1536, help="side of the crop (from the slide's centre)")
     p.add_argument("--pairs", nargs="+", default=["88:88", "88:32", "88:16", "88:0", "64:16", "48:16", "32:16"],
-                   help="HALO:OVERLAP pairs (a halo of 'card' = the model card's)")
+                   help="HALO:OVERLAP[@TILE] (a halo of 'card' = the model card's; TILE: px or 'auto' "
+                        "(choose_tile); default 512)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     info = resolve_model(args.model, modality=open_slide(args.slide).modality)
@@ -84,16 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             mp = n * n / 1e6
             card_halo = info.card.halo
             # the oracle: one window over the whole crop (its halo is reflected padding, as at a slide's edge)
-            oracle, secs, _ = run(slide, tmp / "oracle.ome.tif", str(info.path), tile=n + 2 * card_halo,
+            oracle, secs, _, _ = run(slide, tmp / "oracle.ome.tif", str(info.path), tile=n + 2 * card_halo,
                                   halo=card_halo, overlap=0)
             print(f"oracle: one {n + 2 * card_halo}-px window, {secs:.1f} s")
             for pair in args.pairs:
+                pair, _, tile_s = pair.partition("@")
                 halo_s, overlap_s = pair.split(":")
                 halo = card_halo if halo_s == "card" else int(halo_s)
-                out, secs, windows = run(slide, tmp / f"{pair.replace(':', '_')}.ome.tif", str(info.path),
-                                         tile=512, halo=halo, overlap=int(overlap_s))
+                tile = "auto" if tile_s == "auto" else int(tile_s or 512)
+                out, secs, windows, tile = run(slide, tmp / f"{pair.replace(':', '_')}_{tile_s}.ome.tif",
+                                               str(info.path), tile=tile, halo=halo, overlap=int(overlap_s))
                 d = np.abs(out.astype(np.int32) - oracle.astype(np.int32))
-                row = {"halo": halo, "overlap": int(overlap_s), "step": 512 - 2 * halo - int(overlap_s),
+                row = {"halo": halo, "overlap": int(overlap_s), "tile": tile, "step": tile - 2 * halo - int(overlap_s),
                        "windows": windows, "s_per_mp": round(secs / mp, 3), "max": int(d.max()),
                        "p99_9": float(np.percentile(d, 99.9)), "mean": round(float(d.mean()), 4)}
                 rows.append(row)

@@ -57,6 +57,21 @@ def test_refocus_writes_default_output_beside_input(capsys, small_rgb, models) -
         "small.ome.tif", "small.refocused.ome.tif", "small.refocused.ome.tif.json"]  # + provenance sidecar
 
 
+def test_tile_option_takes_auto(capsys, tmp_path, small_rgb, models) -> None:
+    import json
+
+    out = tmp_path / "auto.ome.tif"
+    for workers, tile in ((1, 768), (2, 576)):
+        code, _, err = run(capsys, "refocus", small_rgb, "-o", out, "--model", models["rgb"], "--tile", "auto",
+                           "--workers", workers, "--scheduler", "threads", "--overwrite", "-q")
+        assert code == 0, err
+        # 700 x 530 px, halo 4: one worker runs one 768-px window over it, two run two 576-px windows at once
+        assert json.loads(out.with_name(out.name + ".json").read_text())["parameters"]["tile"] == tile
+    code, _, err = run(capsys, "refocus", small_rgb, "-o", tmp_path / "x.ome.tif", "--model", models["rgb"],
+                       "--tile", "big")
+    assert code == 2 and "neither a size in pixels nor 'auto'" in err
+
+
 def test_refocus_scale_option(capsys, tmp_path, models) -> None:
     """A 0.25 µm/px slide and a model trained at 0.5: auto halves it, --scale native does not."""
     data = (np.random.default_rng(1).random((300, 260, 3)) * 255).astype(np.uint8)

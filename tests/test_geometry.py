@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsi_deepr.errors import TilingError
-from wsi_deepr.geometry import AxisTiling, TileGrid, feather_ramp, pad_reflect
+from wsi_deepr.geometry import AxisTiling, TileGrid, choose_tile, feather_ramp, pad_reflect
 
 
 @st.composite
@@ -92,3 +92,37 @@ def test_pad_reflect_matches_reflection_of_the_whole_image(h, w, py, px) -> None
     # reflection (not edge/symmetric): the pixel before the border mirrors pixel 1
     if h > 1 and py > 0:
         np.testing.assert_array_equal(full[py - 1, px:px + w], img[1])
+
+
+def _work(shape, tile, halo, overlap, parallel=1):
+    n = TileGrid(shape, tile=tile, halo=halo, overlap=overlap).n_windows
+    return -(-n // parallel) * tile * tile
+
+
+@given(h=st.integers(1, 20000), w=st.integers(1, 20000), halo=st.integers(0, 100), overlap=st.integers(0, 32),
+       parallel=st.integers(1, 4))
+@settings(max_examples=200, deadline=None)
+def test_chosen_tile_is_valid_and_never_costs_more_than_512(h, w, halo, overlap, parallel) -> None:
+    tile = choose_tile((h, w), halo=halo, overlap=overlap, parallel=parallel)
+    least = 2 * halo + max(2 * overlap, overlap + 1)
+    assert tile % 64 == 0 and max(512, least) <= tile <= max(1536, least + 63)
+    TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)  # a valid layout
+    if least <= 512:
+        assert _work((h, w), tile, halo, overlap, parallel) <= _work((h, w), 512, halo, overlap, parallel)
+
+
+def test_chosen_tile_on_whole_slides_and_small_images() -> None:
+    # A 40000-px slide with the brightfield model's halo: the largest window,
+    # half the model work per output pixel of 512-px windows.
+    big = choose_tile((40000, 40000), halo=88, overlap=16)
+    assert big == 1536
+    ratio = _work((40000, 40000), 512, 88, 16) / _work((40000, 40000), big, 88, 16)
+    assert ratio > 1.9
+    # An image that one 512-px window covers: nothing larger is cheaper.
+    assert choose_tile((300, 250), halo=88, overlap=16) == 512
+    # On a tie the smaller window (less memory) wins.
+    assert choose_tile((300, 250), halo=8, overlap=8, largest=2048) == 512
+    # A halo the smallest window cannot hold raises the floor.
+    assert choose_tile((5000, 5000), halo=300, overlap=16, largest=512) == 640
+    with pytest.raises(TilingError, match="parallel"):
+        choose_tile((100, 100), halo=4, overlap=4, parallel=0)

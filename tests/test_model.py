@@ -104,3 +104,30 @@ def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
     out = run_batch(spec, batch, model_channels=1)
     single = run_batch(spec, batch[:, 1:2], model_channels=1)
     np.testing.assert_allclose(out[:, 1:2], single, atol=1e-6)
+
+
+def test_cpu_calls_are_bounded_in_pixels(tmp_path, monkeypatch) -> None:
+    import wsi_deepr.inference as inference
+
+    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
+                      tmp_path / "m.onnx")
+    spec = SessionSpec(str(path), "cpu", 1)
+    batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+    whole = run_batch(spec, batch, model_channels=1)  # 9 images of 32² in one call
+    session = get_session(spec)
+    sizes = []
+    real_run = session.run
+
+    class Counting:  # the session's methods, with the images per call recorded
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+        def run(self, outputs, feeds):
+            sizes.append(next(iter(feeds.values())).shape[0])
+            return real_run(outputs, feeds)
+
+    monkeypatch.setattr(inference, "CPU_PIXELS_PER_CALL", 4 * 32 * 32)
+    monkeypatch.setattr(inference, "get_session", lambda s: Counting())
+    chunked = run_batch(spec, batch, model_channels=1)
+    assert sizes == [4, 4, 1]
+    np.testing.assert_array_equal(chunked, whole)

@@ -226,3 +226,25 @@ def test_default_overlap_is_a_narrow_feather_capped_by_the_halo(tmp_path, halo, 
     plan = plan_refocus(open_slide(src), model, tile=256, background="process")
     assert (plan.grid.halo, plan.grid.overlap) == (halo, overlap)
     assert plan_refocus(open_slide(src), model, tile=256, overlap=3, background="process").grid.overlap == 3
+
+
+def test_default_window_size_and_batch(tmp_path) -> None:
+    import tifffile
+
+    from wsi_deepr import open_slide
+    from wsi_deepr.api import default_batch, plan_refocus
+    from wsi_deepr.geometry import choose_tile
+    from wsi_deepr.model import load_model_info
+
+    src = tmp_path / "s.tif"
+    tifffile.imwrite(src, np.full((2000, 2600, 3), 200, np.uint8), photometric="rgb", tile=(256, 256))
+    model = load_model_info(save_model(conv_model(card=default_card(halo=88)), tmp_path / "m.onnx"))
+    plan = plan_refocus(open_slide(src), model, device="cpu", tile="auto", background="process",
+                        check_session=False)
+    assert plan.grid.tile == choose_tile((2000, 2600), halo=88, overlap=16) > 512
+    assert plan.batch == default_batch("cpu", plan.grid.tile) == 1
+    assert default_batch("cpu", 512) == 2 and default_batch("cpu", 640) == 1
+    fixed = plan_refocus(open_slide(src), model, device="cpu", background="process", check_session=False)
+    assert (fixed.grid.tile, fixed.batch) == (512, 2)  # the default
+    with pytest.raises(ValueError, match="'huge'"):
+        plan_refocus(open_slide(src), model, tile="huge", check_session=False)

@@ -22,7 +22,7 @@ import numpy as np
 from ._version import __version__
 from .background import OD_THRESHOLD, BackgroundMask, glass_level, tissue_mask, window_skip_mask
 from .errors import OutputError, OutputExistsError
-from .geometry import TileGrid
+from .geometry import TileGrid, choose_tile
 from .inference import SessionSpec, active_provider, get_session, providers_for
 from .io import open_slide
 from .io.slide import Modality, Slide
@@ -32,7 +32,8 @@ from .io.scaled import ReducedReader
 from .pipeline import RefocusPlan, store_to_zarr
 from .scale import choose_scale
 
-__all__ = ["BACKGROUND_MODES", "RefocusResult", "default_output_path", "detect_background", "plan_refocus", "refocus"]
+__all__ = ["BACKGROUND_MODES", "RefocusResult", "default_batch", "default_output_path", "detect_background", "plan_refocus",
+           "refocus"]
 
 BACKGROUND_MODES = ("auto", "skip", "process")
 #: default feather between window cores, px (capped by the halo)
@@ -93,10 +94,11 @@ def plan_refocus(
     model: ModelInfo,
     *,
     device: str = "auto",
-    tile: int = 512,
+    tile: int | str = 512,
     halo: int | None = None,
     overlap: int | None = None,
-    batch: int = 4,
+    batch: int | None = None,
+    parallel: int = 1,
     threads_per_task: int = 0,
     skip: np.ndarray | None = None,
     check_session: bool = True,
@@ -114,6 +116,10 @@ def plan_refocus(
     (``"auto"``, ``"skip"`` or ``"process"``) decides whether windows of blank
     glass are passed through (:mod:`wsi_deepr.background`); ``"auto"`` skips
     them on brightfield slides.  An explicit ``skip`` mask wins over it.
+    ``tile="auto"`` picks the window size that runs the model on the fewest
+    pixels (:func:`wsi_deepr.geometry.choose_tile`, 512-1536 px, with
+    ``parallel`` windows at a time); ``batch=None`` runs
+    :func:`default_batch` windows per call.
     """
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background={background!r}: use one of {BACKGROUND_MODES}")
@@ -129,7 +135,14 @@ def plan_refocus(
         reader = ReducedReader(slide.reader, decision.level, decision.factor, slide.level_shapes[level],
                                np.dtype(slide.dtype))
         (h, w, c), level = reader.shape, 0
+    if tile == "auto":
+        tile = choose_tile((h, w), halo=halo, overlap=overlap, parallel=max(1, int(parallel)))
+    elif isinstance(tile, str) and not tile.isdigit():
+        raise ValueError(f"tile={tile!r}: give a window size in pixels or 'auto'")
+    tile = int(tile)
     grid = TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)
+    if batch is None:
+        batch = default_batch(device, tile)
     spec = SessionSpec(str(model.path), device, threads_per_task)
     if check_session:
         get_session(spec)  # fail fast: provider, model loads
@@ -149,6 +162,18 @@ def plan_refocus(
         skip=grid.check_mask(skip), batch=batch, scale=decision,
         background=None if found is None else found.to_dict(),
     )
+
+
+def default_batch(device: str, tile: int) -> int:
+    """Windows per ONNX Runtime call: 2 of 512 px on the CPU, 8 on CUDA, fewer for larger windows.
+
+    The batch keeps about the same pixels per call whatever the window size,
+    so memory stays bounded (a 1536-px window of a width-16 U-Net needs about
+    1 GiB of activations on the CPU): one window per call from 725 px on the
+    CPU.  On the CPU batching gains nothing and small tasks balance better.
+    """
+    base = 8 if "CUDAExecutionProvider" in providers_for(device) else 2
+    return max(1, round(base * (512 / tile) ** 2))
 
 
 def _detects_background(mode: str, slide: Slide) -> bool:
@@ -259,7 +284,7 @@ def refocus(
     model: str | os.PathLike | None = None,
     modality: str = "auto",
     device: str = "auto",
-    tile: int = 512,
+    tile: int | str = 512,
     halo: int | None = None,
     overlap: int | None = None,
     batch: int | None = None,
@@ -296,8 +321,14 @@ def refocus(
         Override the detected modality.
     device : {"auto", "cpu", "cuda"}
         ONNX Runtime execution provider; ``"cuda"`` fails fast when unusable.
-    tile : int
-        Model window size in pixels.
+    tile : int or "auto"
+        Model window size in pixels.  ``"auto"``: the size from 512 to 1536
+        px that runs the model on the fewest pixels for this slide
+        (:func:`wsi_deepr.geometry.choose_tile`: the halo of every window is
+        context computed and thrown away, so larger windows waste less).  It
+        is not the default because a large window is also slower per pixel
+        where activations outgrow the CPU cache (measured on 2 cores:
+        ``benchmarks/installed_models.py --tiles auto 512``).
     halo : int, optional
         Context cropped from each window side; default from the model card.
     overlap : int, optional
@@ -305,8 +336,10 @@ def refocus(
         (every core pixel already has ``halo`` px of context: a wider feather
         only adds windows, see ``benchmarks/seams.py``).
     batch : int, optional
-        Windows per ONNX Runtime call and per task (default: 2 on the CPU,
-        where batching gains nothing and small tasks balance better; 8 on CUDA).
+        Windows per ONNX Runtime call and per task; default
+        :func:`default_batch`: 2 windows of 512 px on the CPU (where batching
+        gains nothing and small tasks balance better), 8 on CUDA, and as many
+        pixels per call for larger windows (at least one window).
     workers : int, optional
         Parallel inference tasks on the local threaded scheduler (default:
         CPU count); with a distributed client, the cluster's threads.
@@ -371,15 +404,13 @@ def refocus(
     info = resolve_model(model, modality=slide.modality)
     n_cpu = os.cpu_count() or 1
     workers = max(1, int(workers or n_cpu))
-    if batch is None:
-        batch = 8 if "CUDAExecutionProvider" in providers_for(device) else 2
     local = isinstance(scheduler, str)
     if local:
         _resolve_client(scheduler)  # a bad name fails here, before any work
     # On a cluster the session is checked on the workers: this process may have no GPU.
     plan = plan_refocus(
         slide, info, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
-        threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local, scale=scale,
+        parallel=workers, threads_per_task=max(1, n_cpu // workers), skip=skip, check_session=local, scale=scale,
         background=background,
     )
     out_mpp = _output_mpp(slide, plan)
@@ -429,7 +460,7 @@ def refocus(
         scratch = open_scratch(scratch_path(out), fingerprint, arrays, resume=resume)
         timings["prepare"] = time.perf_counter() - t0
         log.info("%s: %d windows of %d px (halo %d, overlap %d) with %s on %s%s", slide_path,
-                 plan.grid.n_windows, tile, plan.grid.halo, plan.grid.overlap, info.name, provider,
+                 plan.grid.n_windows, plan.grid.tile, plan.grid.halo, plan.grid.overlap, info.name, provider,
                  f"; resuming, {len(scratch.done)} of {nby * nbx} blocks done" if scratch.done else "")
         crash_point("prepared")
 
@@ -469,7 +500,7 @@ def refocus(
 
         sha256, timings["checksum"] = checksum.result()
         parameters = {
-            "tile": tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": batch,
+            "tile": plan.grid.tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": plan.batch,
             "device": device, "modality": slide.modality.value, "level": plan.scale.level,
             "jpeg_quality": jpeg_quality, "compression": compression,
             "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,

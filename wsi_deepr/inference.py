@@ -93,6 +93,12 @@ def providers_for(device: str) -> list[str]:
     return [_CPU]
 
 
+#: images of at most this many pixels go to one CPU ``session.run``: larger
+#: calls are slower per pixel once the activations outgrow the CPU cache (a
+#: 1-channel model fed 6 images of 512² at once took 1.7x as long per pixel as
+#: fed 2, ``benchmarks/installed_models.py``); CUDA takes the whole batch
+CPU_PIXELS_PER_CALL = 2 * 512 * 512
+
 _sessions: dict[SessionSpec, object] = {}
 _lock = threading.Lock()
 
@@ -147,6 +153,8 @@ def run_batch(spec: SessionSpec, batch: np.ndarray, *, model_channels: int) -> n
 
     When the model takes one channel and the batch has ``C > 1``, every
     channel is run as its own image (fluorescence: one model for all channels).
+    On the CPU the images go to ONNX Runtime in calls of at most
+    :data:`CPU_PIXELS_PER_CALL` pixels (at least one image per call).
 
     Returns
     -------
@@ -157,10 +165,17 @@ def run_batch(spec: SessionSpec, batch: np.ndarray, *, model_channels: int) -> n
     n, c, h, w = batch.shape
     flat = batch.reshape(n * c, 1, h, w) if (model_channels == 1 and c > 1) else batch
     name = session.get_inputs()[0].name
-    (out,) = session.run(None, {name: np.ascontiguousarray(flat, dtype=np.float32)})[:1]
-    if out.shape != flat.shape:
-        raise RuntimeError(
-            f"model {spec.model_path} returned shape {out.shape} for input {flat.shape}; "
-            f"the model contract requires the same shape"
-        )
+    per_call = len(flat)
+    if session.get_providers()[0] == _CPU:
+        per_call = max(1, CPU_PIXELS_PER_CALL // (h * w))
+    out = np.empty(flat.shape, dtype=np.float32)
+    for i in range(0, len(flat), per_call):
+        part = np.ascontiguousarray(flat[i:i + per_call], dtype=np.float32)
+        (result,) = session.run(None, {name: part})[:1]
+        if result.shape != part.shape:
+            raise RuntimeError(
+                f"model {spec.model_path} returned shape {result.shape} for input {part.shape}; "
+                f"the model contract requires the same shape"
+            )
+        out[i:i + per_call] = result
     return out.reshape(n, c, h, w)

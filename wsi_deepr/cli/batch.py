@@ -39,7 +39,7 @@ EXIT_FAILED = 1
 @verbosity_options
 @handle_errors
 def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, recursive: bool, report: Path | None,
-          model: str | None, modality: str, device: str, tile: int, halo: int | None, overlap: int | None,
+          model: str | None, modality: str, device: str, tile: int | str, halo: int | None, overlap: int | None,
           batch: int | None, scale: str, background: str, jpeg_quality: int, overwrite: bool, no_resume: bool,
           scheduler: str,
           workers: int | None, threads_per_worker: int | None, dashboard_address: str, verbose: int,

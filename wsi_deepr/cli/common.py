@@ -96,6 +96,23 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
+class TileSize(click.ParamType):
+    """A window size in pixels (>= 16) or ``auto``."""
+
+    name = "PX|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            px = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a size in pixels nor 'auto'", param, ctx)
+        if px < 16:
+            self.fail(f"{px} is below 16 px", param, ctx)
+        return px
+
+
 def refocus_options(func: Callable) -> Callable:
     """The model and tiling options shared by ``refocus`` and ``batch``."""
     options = [
@@ -105,14 +122,17 @@ def refocus_options(func: Callable) -> Callable:
                      show_default=True, help="Override the detected modality."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="ONNX Runtime execution provider; 'cuda' fails if CUDA is not usable."),
-        click.option("--tile", type=click.IntRange(min=16), default=512, show_default=True,
-                     help="Model window size in pixels."),
+        click.option("--tile", type=TileSize(), default="512", show_default=True,
+                     help="Model window size in pixels, or 'auto': the size from 512 to 1536 that runs the "
+                          "model on the fewest pixels for the slide (faster with a wide halo on large slides, "
+                          "about 3x the memory)."),
         click.option("--halo", type=click.IntRange(min=0), default=None,
                      help="Context pixels cropped from each window side [default: from the model card]."),
         click.option("--overlap", type=click.IntRange(min=0), default=None,
                      help="Feathered overlap between windows [default: 16, or the halo if smaller]."),
         click.option("--batch", type=click.IntRange(min=1), default=None,
-                     help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA]."),
+                     help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA, for 512-px windows; "
+                          "as many pixels per call for larger ones]."),
         click.option("--scale", type=click.Choice(["auto", "native"]), default="auto", show_default=True,
                      help="'auto': refocus at the model's training pixel size (a finer slide's matching "
                           "pyramid level, or an area-mean reduction; the output is written at that size). "

@@ -26,7 +26,7 @@ from .common import (
 @cluster_options
 @verbosity_options
 @handle_errors
-def refocus(slide: Path, output: Path | None, model: str | None, modality: str, device: str, tile: int,
+def refocus(slide: Path, output: Path | None, model: str | None, modality: str, device: str, tile: int | str,
             halo: int | None, overlap: int | None, batch: int | None, scale: str, background: str,
             jpeg_quality: int,
             overwrite: bool, no_resume: bool, scheduler: str, workers: int | None, threads_per_worker: int | None,
