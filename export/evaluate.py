@@ -177,6 +177,28 @@ def evaluate_pairs(model: Refocuser, dataset: str | Path, *, split: str = "val",
             "mean_ssim_output": float(np.mean([r["ssim_output"] for r in records])) if records else None}
 
 
+#: border of skimage's SSIM map left out of its mean (11-px Gaussian window, sigma 1.5)
+SSIM_PAD = 5
+
+
+def block_bootstrap_ci(diff: np.ndarray, *, block: int = 32, draws: int = 2000, seed: int = 0) -> list[float]:
+    """95 % interval of the mean of a 2-D map of SSIM changes, by block bootstrap.
+
+    SSIM maps are correlated over the 11-px window, so pixels are not
+    independent: the map is cut into ``block``-px squares (edge remainders
+    dropped; the whole map if smaller), which are resampled with replacement
+    ``draws`` times.  A change whose interval holds 0 is within what another
+    field of view of the same sample could give.
+    """
+    h, w = diff.shape
+    by, bx = max(1, h // block), max(1, w // block)
+    sy, sx = h // by, w // bx
+    means = diff[:by * sy, :bx * sx].reshape(by, sy, bx, sx).mean(axis=(1, 3)).ravel()
+    rng = np.random.default_rng(seed)
+    boot = means[rng.integers(0, means.size, size=(draws, means.size))].mean(axis=1)
+    return [float(v) for v in np.percentile(boot, [2.5, 97.5])]
+
+
 def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0, reference: int | None = None,
                    step: int = 1) -> dict:
     """SSIM of every plane of a real focal series, and of its refocused version, to ``z+00``.
@@ -212,9 +234,14 @@ def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0, 
     planes = np.clip(reg.planes / top, 0, 1)
     ref = planes[labels.index(0)]
 
+    def ssim_map(a: np.ndarray) -> tuple[float, np.ndarray]:
+        value, full = structural_similarity(np.clip(a, 0, 1), ref, data_range=1.0, channel_axis=-1,
+                                            gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                            full=True)
+        return float(value), full[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean(axis=-1)
+
     def ssim(a: np.ndarray) -> float:
-        return float(structural_similarity(np.clip(a, 0, 1), ref, data_range=1.0, channel_axis=-1,
-                                           gaussian_weights=True, sigma=1.5, use_sample_covariance=False))
+        return ssim_map(a)[0]
 
     def there_and_back(img: np.ndarray, fn) -> np.ndarray:
         small = resize(img, (round(img.shape[0] * scale), round(img.shape[1] * scale)), anti_aliasing=True)
@@ -228,16 +255,18 @@ def evaluate_stack(model: Refocuser, folder: str | Path, *, scale: float = 1.0, 
     for k, (label, plane) in enumerate(zip(labels, planes)):
         if label == 0:
             continue
-        row = {"plane": label, "ssim_input": ssim(plane)}
+        row = {"plane": label}
+        row["ssim_input"], map_in = ssim_map(plane)
         if scale != 1.0:
-            row["ssim_output"] = ssim(refocus_then_register(k, lambda a: there_and_back(a, model)))
+            row["ssim_output"], map_out = ssim_map(refocus_then_register(k, lambda a: there_and_back(a, model)))
             # the same resampling without the model: what resampling alone costs
             row["ssim_input_resampled"] = ssim(there_and_back(plane, lambda a: a))
         else:
             # the model refocuses the plane as captured; its output is then registered exactly as the input was
-            row["ssim_output"] = ssim(refocus_then_register(k, model))
+            row["ssim_output"], map_out = ssim_map(refocus_then_register(k, model))
             # the other order (refocusing the interpolated plane), for comparison
             row["ssim_output_registered_first"] = ssim(model(plane))
+        row["change_ci95"] = block_bootstrap_ci(map_out - map_in, seed=k)
         rows.append(row)
     near = [r for r in rows if 1 <= abs(r["plane"]) <= 5]
     return {"stack": str(folder), "scale": scale, "reference": reference, "step": step, "rows": rows,
@@ -269,14 +298,22 @@ def markdown_table(pairs: dict | None, stacks: list[dict] | None = None) -> str:
         name = Path(st["stack"]).name
         ref = "z+00" if st.get("reference") is None else f"plane {st['reference']} (step {st.get('step', 1)})"
         lines += ["", f"Real focal series `{name}` (scale {st['scale']}): SSIM to {ref}",
-                  "| plane | input | output |" + (" input resampled there and back |" if resampled else "")
+                  "| plane | input | output | change (95 % interval) |"
+                  + (" input resampled there and back |" if resampled else "")
                   + (" output, model fed the registered plane |" if first else ""),
-                  "|---:|---:|---:|" + ("---:|" if resampled else "") + ("---:|" if first else "")]
-        lines += [f"| {r['plane']:+d} | {r['ssim_input']:.3f} | {r['ssim_output']:.3f} |"
+                  "|---:|---:|---:|---:|" + ("---:|" if resampled else "") + ("---:|" if first else "")]
+
+        def change(r: dict) -> str:
+            d = r["ssim_output"] - r["ssim_input"]
+            ci = r.get("change_ci95")
+            return f"{d:+.4f}" + (f" ({ci[0]:+.4f}, {ci[1]:+.4f})" if ci else "")
+
+        lines += [f"| {r['plane']:+d} | {r['ssim_input']:.3f} | {r['ssim_output']:.3f} | {change(r)} |"
                   + (f" {r['ssim_input_resampled']:.3f} |" if resampled else "")
                   + (f" {r['ssim_output_registered_first']:.3f} |" if first else "") for r in st["rows"]]
         lines.append(f"\nAll planes ±1…±5 improved: {st['improves_all_1_to_5']}; mean change "
-                     f"{st['mean_change_1_to_5']:+.3f}.")
+                     f"{st['mean_change_1_to_5']:+.3f}. Intervals: block bootstrap of the SSIM-map change "
+                     f"(32-px blocks), the spread another field of view of the sample could give.")
     return "\n".join(lines) + "\n"
 
 

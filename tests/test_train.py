@@ -338,6 +338,17 @@ def test_smear_stack_check_runs_on_the_real_focal_series():
     assert far[1] > far[5]  # farther planes are less similar to z+00
 
 
+def test_block_bootstrap_interval():
+    from export.evaluate import block_bootstrap_ci
+
+    assert block_bootstrap_ci(np.full((100, 90), 0.25)) == pytest.approx([0.25, 0.25])
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.01, 0.05, (256, 256))
+    lo, hi = block_bootstrap_ci(noise)
+    assert lo < noise.mean() < hi and hi - lo < 0.01
+    assert block_bootstrap_ci(np.full((10, 10), -1.0)) == pytest.approx([-1.0, -1.0])  # one block
+
+
 def test_stack_check_on_a_multipage_tiff_with_a_reference_plane(tmp_path):
     import tifffile
     from scipy.ndimage import gaussian_filter
@@ -355,6 +366,13 @@ def test_stack_check_on_a_multipage_tiff_with_a_reference_plane(tmp_path):
     assert sorted(rows) == [-3, -2, -1, 1, 2, 3] and report["reference"] == 3
     assert rows[1]["ssim_input"] > rows[3]["ssim_input"]
     assert not report["improves_all_1_to_5"]  # the identity improves nothing
+    assert all(max(map(abs, r["change_ci95"])) < 1e-3 for r in rows.values())  # nothing changed
+    from scipy.ndimage import gaussian_filter as blur
+
+    worse = {r["plane"]: r for r in evaluate_stack(lambda a: blur(a, (2, 2, 0)), path, reference=3)["rows"]}
+    for r in worse.values():  # blurring makes every plane less like the focus: the interval says so too
+        lo, hi = r["change_ci95"]
+        assert lo <= r["ssim_output"] - r["ssim_input"] <= hi < 0
     every_other = evaluate_stack(lambda a: a, path, reference=3, step=2)
     assert sorted(r["plane"] for r in every_other["rows"]) == [-1, 1]
     with pytest.raises(ValueError, match="reference plane 9"):
