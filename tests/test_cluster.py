@@ -108,6 +108,17 @@ def test_cluster_size() -> None:
     assert cluster_size(cpu=16, gpu=True) == (1, 4)
 
 
+def test_local_cluster_layout() -> None:
+    from wsi_deepr.cluster import local_cluster_layout
+
+    assert local_cluster_layout(cpu=2) == (1, 2, False)  # a small machine: one in-process worker
+    assert local_cluster_layout(cpu=4) == (1, 4, False)
+    assert local_cluster_layout(cpu=16) == (4, 4, True)
+    assert local_cluster_layout(2, 1, cpu=2) == (2, 1, True)  # asked for: worker processes
+    assert local_cluster_layout(None, 1, cpu=2) == (2, 1, True)
+    assert local_cluster_layout(cpu=2, gpu=True) == (1, 2, True)
+
+
 def _load_pipelines_module(name: str):
     spec = importlib.util.spec_from_file_location(f"wsi_deepr_pipelines_{name}", PIPELINES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -1,8 +1,9 @@
 """Dask ``distributed`` clusters for wsi-deepr.
 
-* :class:`ClusterClient` — the client the CLI runs on: a ``LocalCluster`` of
-  worker processes sized to the machine (``workers`` x ``threads_per_worker``),
-  or a running scheduler's address.  It starts lazily, on the first slide that
+* :class:`ClusterClient` — the client the CLI runs on: a ``LocalCluster``
+  sized to the machine (``workers`` x ``threads_per_worker``; on up to 4 cores
+  one worker in this process, see :func:`local_cluster_layout`), or a running
+  scheduler's address.  It starts lazily, on the first slide that
   passed its checks, so a bad input never waits for a cluster.
 * :class:`SessionPlugin` — a ``WorkerPlugin`` that creates the one ONNX
   Runtime session of each worker process when the worker joins (or when the
@@ -30,8 +31,8 @@ from typing import Self
 from .inference import SessionSpec, get_session
 
 __all__ = [
-    "ClusterClient", "SessionPlugin", "cluster_size", "describe", "gpu_resources", "register_session",
-    "threads_per_task",
+    "IN_PROCESS_MAX_CORES", "ClusterClient", "SessionPlugin", "cluster_size", "describe", "gpu_resources",
+    "local_cluster_layout", "register_session", "threads_per_task",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,29 @@ def cluster_size(workers: int | None = None, threads_per_worker: int | None = No
     if threads_per_worker is None:
         threads_per_worker = max(1, cpu // int(workers))
     return int(workers), int(threads_per_worker)
+
+
+#: up to this many cores, a LocalCluster sized by default is one worker in this
+#: process with a thread per core: worker processes split the cores without
+#: sharing the ONNX Runtime session or the slide handle, balance poorly over few
+#: tasks and pay transfers (measured on 2 cores, one process per core was
+#: 1.11-1.25x slower end to end: ``benchmarks/installed_models.py --schedulers
+#: threads local local-processes``)
+IN_PROCESS_MAX_CORES = 4
+
+
+def local_cluster_layout(workers: int | None = None, threads_per_worker: int | None = None, *,
+                         cpu: int | None = None, gpu: bool = False) -> tuple[int, int, bool]:
+    """``(workers, threads_per_worker, processes)`` of the LocalCluster for this machine.
+
+    Given neither ``workers`` nor ``threads_per_worker``, a CPU machine of at
+    most :data:`IN_PROCESS_MAX_CORES` cores gets one in-process worker with a
+    thread per core; otherwise worker processes sized by :func:`cluster_size`.
+    """
+    cpu = max(1, int(cpu or os.cpu_count() or 1))
+    if workers is None and threads_per_worker is None and not gpu and cpu <= IN_PROCESS_MAX_CORES:
+        return 1, cpu, False
+    return (*cluster_size(workers, threads_per_worker, cpu=cpu, gpu=gpu), True)
 
 
 def _free_address(address: str) -> str:
@@ -171,9 +195,9 @@ class ClusterClient:
     ----------
     address : str, optional
         A running scheduler (``tcp://host:8786``); default: start a
-        ``LocalCluster`` of worker processes on this machine.
+        ``LocalCluster`` on this machine.
     workers, threads_per_worker : int, optional
-        LocalCluster size; see :func:`cluster_size`.
+        LocalCluster size; see :func:`local_cluster_layout`.
     dashboard_address : str
         Where the LocalCluster serves its dashboard (``":8787"``; a taken
         port falls back to a free one).
@@ -220,11 +244,12 @@ class ClusterClient:
             return Client(self.address)
         import dask
 
-        n, t = cluster_size(self.workers, self.threads_per_worker, gpu=self.gpu)
-        log.info("starting a LocalCluster: %d worker process(es) x %d thread(s)", n, t)
+        n, t, processes = local_cluster_layout(self.workers, self.threads_per_worker, gpu=self.gpu)
+        log.info("starting a LocalCluster: %d worker %s x %d thread(s)", n,
+                 "process(es)" if processes else "in this process", t)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
             self.cluster = LocalCluster(
-                n_workers=n, threads_per_worker=t, processes=True,
+                n_workers=n, threads_per_worker=t, processes=processes,
                 dashboard_address=_free_address(self.dashboard_address),
                 memory_limit=self.memory_limit,
                 resources={"GPU": 1} if self.gpu else None,

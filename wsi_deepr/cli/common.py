@@ -157,12 +157,14 @@ def cluster_options(func: Callable) -> Callable:
     """``--scheduler``, ``--workers``, ``--threads-per-worker``, ``--dashboard-address``."""
     options = [
         click.option("--scheduler", default="local", show_default=True, metavar="local|threads|ADDRESS",
-                     help="'local': a Dask LocalCluster of worker processes on this machine; 'threads': "
+                     help="'local': a Dask LocalCluster on this machine (up to 4 cores: one worker in this "
+                          "process, a thread per core; more: worker processes); 'threads': "
                           "threads in this process (no cluster); or the address of a running Dask "
                           "scheduler (tcp://host:8786) to attach to."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="LocalCluster worker processes (threads with --scheduler threads) "
-                          "[default: sized to the machine; 1 per GPU with CUDA]."),
+                          "[default: sized to the machine (one in-process worker up to 4 cores); 1 per GPU "
+                          "with CUDA]."),
         click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
                      help="Threads of each LocalCluster worker [default: the cores split among the workers]."),
         click.option("--dashboard-address", default=":8787", show_default=True, metavar="[HOST]:PORT",
