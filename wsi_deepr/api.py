@@ -165,12 +165,13 @@ def plan_refocus(
 
 
 def default_batch(device: str, tile: int) -> int:
-    """Windows per ONNX Runtime call: 2 of 512 px on the CPU, 8 on CUDA, fewer for larger windows.
+    """Windows per inference task: 2 of 512 px on the CPU, 8 on CUDA, fewer for larger windows.
 
-    The batch keeps about the same pixels per call whatever the window size,
-    so memory stays bounded (a 1536-px window of a width-16 U-Net needs about
-    1 GiB of activations on the CPU): one window per call from 725 px on the
-    CPU.  On the CPU batching gains nothing and small tasks balance better.
+    The batch keeps about the same pixels per task whatever the window size,
+    so memory stays bounded (peak RSS 3.1 GB with two 1344-px windows of the
+    brightfield preview at once, against 1.0 GB with 512-px windows): one
+    window per task from 592 px on the CPU.  On the CPU batching gains
+    nothing and small tasks balance better.
     """
     base = 8 if "CUDAExecutionProvider" in providers_for(device) else 2
     return max(1, round(base * (512 / tile) ** 2))
@@ -328,7 +329,7 @@ def refocus(
         context computed and thrown away, so larger windows waste less).  It
         is not the default because a large window is also slower per pixel
         where activations outgrow the CPU cache (measured on 2 cores:
-        ``benchmarks/installed_models.py --tiles auto 512``).
+        ``benchmarks/installed_models.py --tiles 512 auto``).
     halo : int, optional
         Context cropped from each window side; default from the model card.
     overlap : int, optional
@@ -336,10 +337,11 @@ def refocus(
         (every core pixel already has ``halo`` px of context: a wider feather
         only adds windows, see ``benchmarks/seams.py``).
     batch : int, optional
-        Windows per ONNX Runtime call and per task; default
-        :func:`default_batch`: 2 windows of 512 px on the CPU (where batching
-        gains nothing and small tasks balance better), 8 on CUDA, and as many
-        pixels per call for larger windows (at least one window).
+        Windows per inference task; default :func:`default_batch`: 2 windows
+        of 512 px on the CPU (where batching gains nothing and small tasks
+        balance better), 8 on CUDA, and as many pixels per task for larger
+        windows (at least one window).  On the CPU, ONNX Runtime gets at most
+        :data:`wsi_deepr.inference.CPU_PIXELS_PER_CALL` pixels per call.
     workers : int, optional
         Parallel inference tasks on the local threaded scheduler (default:
         CPU count); with a distributed client, the cluster's threads.

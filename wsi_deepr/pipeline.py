@@ -77,7 +77,8 @@ class RefocusPlan:
     skip : numpy.ndarray or None
         Boolean ``grid.grid_shape`` mask of windows passed through unchanged.
     batch : int
-        Windows per inference task (ONNX Runtime batch size).
+        Windows per inference task (on CUDA also the ONNX Runtime batch; on the
+        CPU the calls are bounded, :data:`wsi_deepr.inference.CPU_PIXELS_PER_CALL`).
     scale : ScaleDecision or None
         Where the model runs relative to the slide (see :mod:`wsi_deepr.scale`);
         ``reader``/``level`` already read at that scale.

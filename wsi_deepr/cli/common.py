@@ -131,8 +131,8 @@ def refocus_options(func: Callable) -> Callable:
         click.option("--overlap", type=click.IntRange(min=0), default=None,
                      help="Feathered overlap between windows [default: 16, or the halo if smaller]."),
         click.option("--batch", type=click.IntRange(min=1), default=None,
-                     help="Windows per ONNX Runtime call [default: 2 on CPU, 8 on CUDA, for 512-px windows; "
-                          "as many pixels per call for larger ones]."),
+                     help="Windows per inference task [default: 2 on CPU, 8 on CUDA, for 512-px windows; "
+                          "as many pixels per task for larger ones]."),
         click.option("--scale", type=click.Choice(["auto", "native"]), default="auto", show_default=True,
                      help="'auto': refocus at the model's training pixel size (a finer slide's matching "
                           "pyramid level, or an area-mean reduction; the output is written at that size). "
