@@ -73,8 +73,9 @@ def quantize(src: Path, out: Path, patches: list[np.ndarray], *, ops: list[str],
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-    name = onnx.load(str(pre)).graph.input[0].name
+    graph = onnx.load(str(pre)).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    name = graph.input[0].name
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -201,19 +201,15 @@ def detect_background(slide: Slide, grid: TileGrid, *, max_ratio: int = 32,
     for i, (ly, lx, _) in enumerate(slide.level_shapes):
         if h / ly <= max_ratio and w / lx <= max_ratio:
             chosen = i
-    ly, lx, _ = slide.level_shapes[chosen]
+    ly, lx, lc = slide.level_shapes[chosen]
     factor = max(1, int(np.ceil(np.sqrt(ly * lx / max_pixels))))
-    usable_y, usable_x = ly - ly % factor, lx - lx % factor
-    step = max(1, 512 // factor) * factor
-    strips = []
-    for y0 in range(0, usable_y, step):  # in strips of <= ~512 rows: a large level is never held whole
-        y1 = min(y0 + step, usable_y)
-        block = np.asarray(slide.read_region(chosen, y0, 0, y1, usable_x))
-        if factor > 1:
-            block = block.reshape((y1 - y0) // factor, factor, usable_x // factor, factor, -1).mean(
-                axis=(1, 3), dtype=np.float32)
-        strips.append(block)
-    thumb = np.concatenate(strips, axis=0)
+    reader, level, (ty, tx) = slide.reader, chosen, (ly, lx)
+    if factor > 1:  # block means, kept in float (no rounding back to the slide's type)
+        reader = ReducedReader(slide.reader, chosen, factor, (ly, lx, lc), np.dtype(np.float32))
+        level, (ty, tx) = 0, reader.shape[:2]
+    step = max(1, 256 // factor)  # strips of <= ~256 source rows: a large level is never held whole
+    thumb = np.concatenate([np.asarray(reader.read(level, y0, 0, min(y0 + step, ty), tx))
+                            for y0 in range(0, ty, step)], axis=0)
     dt = np.dtype(slide.dtype)
     full = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
     glass = glass_level(thumb, full_scale=full)
