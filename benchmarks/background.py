@@ -45,7 +45,7 @@ def compare(slide: Path, model: str | None, threads: int) -> dict:
     import tifffile
 
     from wsi_deepr import open_slide, refocus
-    from wsi_deepr.geometry import TileGrid
+    from wsi_deepr.tiling.geometry import TileGrid
 
     s = open_slide(slide)
     mp = s.shape[0] * s.shape[1] / 1e6
@@ -68,7 +68,7 @@ def compare(slide: Path, model: str | None, threads: int) -> dict:
         row["tissue_fraction"] = prov["background"]["tissue_fraction"]
         # which pixels only skipped / only refocused windows reach
         grid = TileGrid(a.shape[:2], tile=params["tile"], halo=params["halo"], overlap=params["overlap"])
-        from wsi_deepr.api import detect_background
+        from wsi_deepr.tiling.plan import detect_background
 
         skip = detect_background(open_slide(slide), grid).skip
         reach_run = np.zeros(a.shape[:2], bool)

@@ -11,7 +11,7 @@ For every model ``wsi-deepr models`` lists (or the ``--model`` files given):
   are included (target: <= 1 s/MP), with the defaults of ``wsi-deepr refocus``
   (on brightfield, windows of blank glass are passed through; their count is
   shown), once per ``--tiles`` setting: fixed sizes such as ``512`` (the
-  default) and ``auto`` (:func:`wsi_deepr.geometry.choose_tile`).
+  default) and ``auto`` (:func:`wsi_deepr.tiling.geometry.choose_tile`).
   and per ``--schedulers`` entry (``threads``, the API's default; ``local``,
   the CLI's LocalCluster; ``local-processes``, a worker process per core).
   Each run is its own process, so its peak resident memory is reported too
@@ -55,7 +55,7 @@ SLIDES = {"brightfield": [DATA / "CMU-1-Small-Region.svs", DATA / "tcga-cr-7395-
 def _scheduler(name: str):
     """``threads`` (the API's default), ``local`` (the CLI's: a LocalCluster sized to the
     machine) or ``local-processes`` (one single-thread worker process per core)."""
-    from wsi_deepr.cluster import ClusterClient
+    from wsi_deepr.parallel.cluster import ClusterClient
 
     if name == "threads":
         return "threads"
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                         "single-thread worker process per core")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    from wsi_deepr.model import list_models, load_model_info
+    from wsi_deepr.inference.registry import list_models
+    from wsi_deepr.inference.card import load_model_info
 
     infos = [load_model_info(m) for m in args.model] if args.model else list_models()
     if not infos:

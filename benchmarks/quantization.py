@@ -119,8 +119,8 @@ def seconds_per_mp(path: Path, channels: int, *, tile: int = 512, workers: int =
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     from export.evaluate import Refocuser, evaluate_pairs, evaluate_stack
-    from wsi_deepr.io.slide import Modality
-    from wsi_deepr.model import resolve_model
+    from wsi_deepr.readers.slide import Modality
+    from wsi_deepr.inference.registry import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="deepr-brightfield-preview")

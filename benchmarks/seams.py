@@ -2,7 +2,7 @@
 
 A real crop of a slide is refocused once as a single window (the oracle:
 no tiling at all) and then with 512-px windows (or ``HALO:OVERLAP@TILE``:
-another size, ``auto`` for :func:`wsi_deepr.geometry.choose_tile`) for several ``(halo, overlap)``
+another size, ``auto`` for :func:`wsi_deepr.tiling.geometry.choose_tile`) for several ``(halo, overlap)``
 pairs, through the full pipeline with lossless output.  For each
 pair it reports the windows run, the wall-clock seconds per megapixel and
 the difference to the oracle in output levels (8-bit): maximum, 99.9th
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import tifffile
 
     from wsi_deepr import open_slide
-    from wsi_deepr.model import resolve_model
+    from wsi_deepr.inference.registry import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="deepr-brightfield-preview")

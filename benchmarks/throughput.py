@@ -79,11 +79,11 @@ def raw_onnx_rate(model: str, slide_path: str, n_windows: int, batch: int, tile:
     """Windows/s of bare ONNX Runtime on normalised windows of the slide."""
     import onnxruntime as ort
 
-    from wsi_deepr.compute import read_padded
-    from wsi_deepr.geometry import TileGrid
-    from wsi_deepr.io import open_slide
-    from wsi_deepr.model import load_model_info
-    from wsi_deepr.normalization import compute_stats, stats_sample
+    from wsi_deepr.inference.kernel import read_padded
+    from wsi_deepr.tiling.geometry import TileGrid
+    from wsi_deepr.readers import open_slide
+    from wsi_deepr.inference.card import load_model_info
+    from wsi_deepr.inference.normalization import compute_stats, stats_sample
 
     slide = open_slide(slide_path)
     info = load_model_info(model)
@@ -123,7 +123,7 @@ def run_one(args: argparse.Namespace) -> None:
     """Child process: one end-to-end run, then the raw baseline; print JSON."""
     from wsi_deepr import open_slide, refocus
     from wsi_deepr.cli.common import limit_malloc_arenas
-    from wsi_deepr.model import load_model_info
+    from wsi_deepr.inference.card import load_model_info
 
     limit_malloc_arenas()  # as the CLI does
 

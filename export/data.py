@@ -3,7 +3,7 @@
 Model space and normalisation
 -----------------------------
 The exported model takes the slide normalised by its card's ``normalization``
-(applied per slide by :mod:`wsi_deepr.normalization`) and its output is mapped
+(applied per slide by :mod:`wsi_deepr.inference.normalization`) and its output is mapped
 back with the *same* statistics.  Training reproduces that:
 
 ``range`` (brightfield, 8-bit storage)
@@ -160,7 +160,7 @@ class TorchPairs(torch.utils.data.Dataset):
 
     @property
     def card_normalization(self) -> str:
-        """The inference-side spec (:mod:`wsi_deepr.normalization`) that gives this model space.
+        """The inference-side spec (:mod:`wsi_deepr.inference.normalization`) that gives this model space.
 
         ``range`` on a fluorescence dataset is the dataset's own scaling (every
         source divided by its 99.9th percentile, so 1.0 = that percentile): on a

@@ -24,7 +24,7 @@ model is not fed it); refocusing the already registered plane is reported
 beside it (``ssim_output_registered_first``).
 
 The model runs with ONNX Runtime exactly as shipped; its card's
-normalisation is applied as :mod:`wsi_deepr.normalization` does (``range``:
+normalisation is applied as :mod:`wsi_deepr.inference.normalization` does (``range``:
 ``[0, 1]`` values are the model space of 8-bit data; ``zscore``: the image's
 own statistics).
 """
@@ -37,6 +37,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
+from wsi_deepr.imaging.reduce import area_mean
 
 __all__ = ["Refocuser", "evaluate_pairs", "evaluate_stack", "main", "markdown_table", "model_card_markdown",
            "rl_true_psf"]
@@ -58,7 +60,7 @@ class Refocuser:
     def __init__(self, path: str | Path, *, threads: int = 2) -> None:
         import onnxruntime as ort
 
-        from wsi_deepr.model import load_model_info
+        from wsi_deepr.inference.card import load_model_info
 
         self.info = load_model_info(path)
         opts = ort.SessionOptions()
@@ -76,7 +78,7 @@ class Refocuser:
         percentile), so it goes to the model as it is.  Otherwise the card's
         normalisation is computed on this image alone.
         """
-        from wsi_deepr.normalization import compute_stats, parse_spec
+        from wsi_deepr.inference.normalization import compute_stats, parse_spec
 
         img = np.asarray(image, np.float32)
         if prescaled and parse_spec(self.spec)[0] in ("range", "percentile"):
@@ -193,7 +195,7 @@ def block_bootstrap_ci(diff: np.ndarray, *, block: int = 32, draws: int = 2000, 
     h, w = diff.shape
     by, bx = max(1, h // block), max(1, w // block)
     sy, sx = h // by, w // bx
-    means = diff[:by * sy, :bx * sx].reshape(by, sy, bx, sx).mean(axis=(1, 3)).ravel()
+    means = area_mean(diff[:by * sy, :bx * sx], (sy, sx), edge="crop", dtype=np.float64).ravel()
     rng = np.random.default_rng(seed)
     boot = means[rng.integers(0, means.size, size=(draws, means.size))].mean(axis=1)
     return [float(v) for v in np.percentile(boot, [2.5, 97.5])]

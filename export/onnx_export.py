@@ -11,7 +11,7 @@ field (``halo``); ``torch.onnx.export`` with dynamic batch, height and width
 contract") into ``metadata_props``; check that ONNX Runtime and torch agree
 within ``1e-4`` on random tiles, an odd-sized tile and real tiles of the
 dataset (otherwise the file is deleted and the export fails); validate the
-card with :func:`wsi_deepr.model.load_model_info`; record the file's sha256
+card with :func:`wsi_deepr.inference.card.load_model_info`; record the file's sha256
 (``OUT.sha256``) and an export report (``OUT.export.json``).
 
 Halo: the radius ``r`` of the smallest centred square holding >= 99.9 % of
@@ -215,7 +215,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
     """
     import onnx
 
-    from wsi_deepr.model import load_model_info
+    from wsi_deepr.inference.card import load_model_info
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -238,7 +238,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
         "mpp": "unknown" if meta.get("mpp") is None else f"{meta['mpp']:g}",
         "defocus_range_um": json.dumps(meta["defocus_range_um"]), "normalization": norm,
         "halo": str(card_halo), "version": "0.1.0",
-        # the training pixel sizes: scale-aware inference (wsi_deepr.scale) compares the slide's with these
+        # the training pixel sizes: scale-aware inference (wsi_deepr.tiling.scale) compares the slide's with these
         **({"mpp_range": json.dumps(meta["mpp_range"])} if meta.get("mpp_range") else {}),
         "description": (f"Deep-R residual U-Net (width {gen.width}, {count_parameters(gen)} parameters), "
                         f"{state['iteration']} training iterations"),

@@ -7,7 +7,7 @@ the driver (``run_batch.py``).  GPU jobs: one GPU each (``--gres=gpu:1`` /
 ``--resources GPU=1`` so that wsi-deepr sends each inference task to a worker
 with a GPU, while the light merge/store tasks go anywhere.  Every worker
 process holds one ONNX Runtime session, created when it joins
-(``wsi_deepr.cluster.SessionPlugin``); the model file must be on a shared
+(``wsi_deepr.parallel.cluster.SessionPlugin``); the model file must be on a shared
 file system, like the slides and the output folder.
 
 Site settings (queue, account, how to activate the environment) come from

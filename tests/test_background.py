@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsi_deepr import open_slide, refocus
-from wsi_deepr.api import detect_background
-from wsi_deepr.background import glass_level, tissue_mask, window_skip_mask
-from wsi_deepr.geometry import TileGrid
+from wsi_deepr.tiling.plan import detect_background
+from wsi_deepr.tiling.background import glass_level, tissue_mask, window_skip_mask
+from wsi_deepr.tiling.geometry import TileGrid
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .conftest import shared_path

@@ -18,9 +18,9 @@ import tifffile
 from wsi_deepr import refocus
 from wsi_deepr.batch import plan_batch
 from wsi_deepr.cli import main
-from wsi_deepr.lock import OutputLock
-from wsi_deepr.provenance import read_annotations, record_from_annotations
-from wsi_deepr.resume import scratch_path
+from wsi_deepr.runsafe.lock import OutputLock
+from wsi_deepr.runsafe.provenance import read_annotations, record_from_annotations
+from wsi_deepr.runsafe.resume import scratch_path
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .test_resume import make_mono, make_rgb

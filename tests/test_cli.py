@@ -210,7 +210,7 @@ def test_cli_and_refocus_path_never_import_torch(tmp_path, small_rgb, models) ->
         f"rc = main(['refocus', {str(small_rgb)!r}, '-o', {str(out)!r}, '--model', {str(models['rgb'])!r},"
         " '--tile', '128', '-q'])\n"
         "assert rc == 0, rc\n"
-        "import wsi_deepr.api, wsi_deepr.pipeline, wsi_deepr.io, wsi_deepr.model, wsi_deepr.compute\n"
+        "import wsi_deepr.api, wsi_deepr.parallel.graph, wsi_deepr.readers, wsi_deepr.inference.card, wsi_deepr.inference.kernel\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad\n"
     )

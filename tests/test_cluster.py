@@ -14,11 +14,11 @@ import tifffile
 import zarr
 
 from wsi_deepr import refocus
-from wsi_deepr.cluster import ClusterClient, cluster_size, describe, gpu_resources, plugin_name
-from wsi_deepr.compute import infer_windows  # noqa: F401 - workers unpickle it
-from wsi_deepr.inference import SessionSpec
-from wsi_deepr.normalization import compute_stats
-from wsi_deepr.pipeline import refocus_dask, store_to_zarr
+from wsi_deepr.parallel.cluster import ClusterClient, cluster_size, describe, gpu_resources, plugin_name
+from wsi_deepr.inference.kernel import infer_windows
+from wsi_deepr.inference.session import SessionSpec
+from wsi_deepr.inference.normalization import compute_stats
+from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .test_pipeline import plan_for
@@ -55,7 +55,7 @@ def test_local_cluster_1_and_2_workers_identical_dashboard_and_one_session_per_w
             assert result.provenance["scheduler"]["workers"] == n
             # worker processes, each holding exactly one ONNX Runtime session of this model
             assert len(set(client.run(lambda: __import__("os").getpid()).values())) == n
-            sessions = client.run(lambda: [s.model_path for s in __import__("wsi_deepr.inference").inference._sessions])
+            sessions = client.run(lambda: [s.model_path for s in __import__("wsi_deepr.inference.session", fromlist=["_sessions"])._sessions])
             assert list(sessions.values()) == [[str(model)]] * n
             plugins = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
             assert plugin_name(SessionSpec(str(model), "auto", result.parameters["intra_op_threads"])) in plugins
@@ -109,7 +109,7 @@ def test_cluster_size() -> None:
 
 
 def test_local_cluster_layout() -> None:
-    from wsi_deepr.cluster import local_cluster_layout
+    from wsi_deepr.parallel.cluster import local_cluster_layout
 
     assert local_cluster_layout(cpu=2) == (1, 2, False)  # a small machine: one in-process worker
     assert local_cluster_layout(cpu=4) == (1, 4, False)

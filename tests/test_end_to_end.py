@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 from wsi_deepr import open_slide, refocus
-from wsi_deepr.pyramid import pyramid_shapes
+from wsi_deepr.imaging.pyramid import pyramid_shapes
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 from . import bioformats_info as bf

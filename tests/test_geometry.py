@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsi_deepr.errors import TilingError
-from wsi_deepr.geometry import AxisTiling, TileGrid, choose_tile, feather_ramp, pad_reflect
+from wsi_deepr.tiling.geometry import AxisTiling, TileGrid, choose_tile, feather_ramp, pad_reflect
 
 
 @st.composite

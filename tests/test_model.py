@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from wsi_deepr.errors import ModelError, ModelMismatchError, ModelNotFoundError, ProviderUnavailableError
-from wsi_deepr.inference import SessionSpec, get_session, providers_for, run_batch
-from wsi_deepr.io.slide import Modality
-from wsi_deepr.model import check_compatible, list_models, load_model_info, resolve_model
+from wsi_deepr.inference.session import SessionSpec, get_session, providers_for, run_model
+from wsi_deepr.readers.slide import Modality
+from wsi_deepr.inference.card import check_compatible, load_model_info
+from wsi_deepr.inference.registry import list_models, resolve_model
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 
@@ -101,19 +102,19 @@ def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
     spec = SessionSpec(str(path), "cpu", 1)
     assert get_session(spec) is get_session(spec)
     batch = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
-    out = run_batch(spec, batch, model_channels=1)
-    single = run_batch(spec, batch[:, 1:2], model_channels=1)
+    out = run_model(spec, batch, model_channels=1)
+    single = run_model(spec, batch[:, 1:2], model_channels=1)
     np.testing.assert_allclose(out[:, 1:2], single, atol=1e-6)
 
 
 def test_cpu_calls_are_bounded_in_pixels(tmp_path, monkeypatch) -> None:
-    import wsi_deepr.inference as inference
+    import wsi_deepr.inference.session as inference
 
     path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
                       tmp_path / "m.onnx")
     spec = SessionSpec(str(path), "cpu", 1)
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
-    whole = run_batch(spec, batch, model_channels=1)  # 9 images of 32² in one call
+    whole = run_model(spec, batch, model_channels=1)  # 9 images of 32² in one call
     session = get_session(spec)
     sizes = []
     real_run = session.run
@@ -128,6 +129,6 @@ def test_cpu_calls_are_bounded_in_pixels(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(inference, "CPU_PIXELS_PER_CALL", 4 * 32 * 32)
     monkeypatch.setattr(inference, "get_session", lambda s: Counting())
-    chunked = run_batch(spec, batch, model_channels=1)
+    chunked = run_model(spec, batch, model_channels=1)
     assert sizes == [4, 4, 1]
     np.testing.assert_array_equal(chunked, whole)

@@ -235,7 +235,7 @@ def test_cli_simulate_writes_a_defocused_ome_tiff(tmp_path, capsys):
     import tifffile
 
     from wsi_deepr.cli import main
-    from wsi_deepr.io import open_slide
+    from wsi_deepr.readers import open_slide
 
     src = tmp_path / "in.png"
     img = (np.clip(_texture((100, 300, 3)), 0, 1) * 255).astype(np.uint8)

@@ -14,12 +14,13 @@ import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsi_deepr.compute import infer_windows
-from wsi_deepr.geometry import TileGrid
-from wsi_deepr.inference import SessionSpec, get_session
-from wsi_deepr.normalization import NormStats, compute_stats
-from wsi_deepr.pipeline import RefocusPlan, refocus_dask, store_to_zarr
-from wsi_deepr.pyramid import downsample2
+from wsi_deepr.inference.kernel import infer_windows
+from wsi_deepr.tiling.geometry import TileGrid
+from wsi_deepr.inference.session import SessionSpec, get_session
+from wsi_deepr.inference.normalization import NormStats, compute_stats
+from wsi_deepr.tiling.plan import RefocusPlan
+from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr
+from wsi_deepr.imaging.pyramid import downsample2
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 DEPTH = 3  # receptive-field radius of the oracle model
@@ -190,10 +191,10 @@ def test_infer_windows_batch_matches_single_windows(rgb_spec) -> None:
     image = np.random.default_rng(6).random((100, 300, 3), dtype=np.float32)
     grid = TileGrid(image.shape[:2], tile=64, halo=DEPTH, overlap=8)
     reader, stats = ArrayReader(image), NormStats.identity(3)
-    whole = infer_windows(reader, 0, grid, 1, 0, grid.grid_shape[1], spec=rgb_spec, stats=stats, model_channels=3)
+    whole = infer_windows(reader, 0, grid, 1, 0, grid.grid_shape[1], session=rgb_spec, stats=stats, model_channels=3)
     acc = np.zeros_like(whole.data)
     for ix in range(grid.grid_shape[1]):
-        part = infer_windows(reader, 0, grid, 1, ix, ix + 1, spec=rgb_spec, stats=stats, model_channels=3)
+        part = infer_windows(reader, 0, grid, 1, ix, ix + 1, session=rgb_spec, stats=stats, model_channels=3)
         y0, x0, y1, x1 = part.box
         acc[:, :, x0 - whole.box[1]:x1 - whole.box[1]] += part.data  # (C, Y, X)
     np.testing.assert_allclose(acc, whole.data, atol=1e-6)
@@ -217,8 +218,8 @@ def test_default_overlap_is_a_narrow_feather_capped_by_the_halo(tmp_path, halo, 
     import tifffile
 
     from wsi_deepr import open_slide
-    from wsi_deepr.api import plan_refocus
-    from wsi_deepr.model import load_model_info
+    from wsi_deepr.tiling.plan import plan_refocus
+    from wsi_deepr.inference.card import load_model_info
 
     src = tmp_path / "s.tif"
     tifffile.imwrite(src, np.full((300, 300, 3), 200, np.uint8), photometric="rgb")
@@ -232,9 +233,9 @@ def test_default_window_size_and_batch(tmp_path) -> None:
     import tifffile
 
     from wsi_deepr import open_slide
-    from wsi_deepr.api import default_batch, plan_refocus
-    from wsi_deepr.geometry import choose_tile
-    from wsi_deepr.model import load_model_info
+    from wsi_deepr.tiling.plan import default_batch, plan_refocus
+    from wsi_deepr.tiling.geometry import choose_tile
+    from wsi_deepr.inference.card import load_model_info
 
     src = tmp_path / "s.tif"
     tifffile.imwrite(src, np.full((2000, 2600, 3), 200, np.uint8), photometric="rgb", tile=(256, 256))

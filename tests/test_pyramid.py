@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from wsi_deepr import pyramid
-from wsi_deepr.pyramid import build_pyramid, downsample2, pyramid_shapes
+from wsi_deepr.imaging import pyramid as pyramid
+from wsi_deepr.imaging.pyramid import build_pyramid, downsample2, pyramid_shapes
 
 SIDES = st.integers(min_value=1, max_value=200_000)
 DTYPES = st.sampled_from(

@@ -20,8 +20,8 @@ from wsi_deepr.errors import (
     UnsupportedFormatError,
     WsiDeeprError,
 )
-from wsi_deepr.io import Modality, RegionReader, Slide, open_slide
-from wsi_deepr.io.openslide_backend import rgba_to_rgb
+from wsi_deepr.readers import Modality, RegionReader, Slide, open_slide
+from wsi_deepr.readers.openslide_backend import rgba_to_rgb
 
 SLIDES = "slides"
 
@@ -416,7 +416,7 @@ def test_forced_backend_mismatch() -> None:
 
 def test_import_is_light() -> None:
     heavy = ("tifffile", "zarr", "openslide", "dask")
-    code = f"import sys, wsi_deepr.io; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, wsi_deepr.readers; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"

@@ -26,8 +26,8 @@ import tifffile
 
 from wsi_deepr import refocus
 from wsi_deepr.errors import OutputLockedError
-from wsi_deepr.lock import OutputLock, lock_path
-from wsi_deepr.resume import BlockMarkers, open_scratch, scratch_path
+from wsi_deepr.runsafe.lock import OutputLock, lock_path
+from wsi_deepr.runsafe.resume import BlockMarkers, open_scratch, scratch_path
 from wsi_deepr.testing import conv_model, default_card, save_model
 
 # window 264 - 2 * halo 4 = stride 256: blocks of 256 x 512 px with one block-local

@@ -17,9 +17,9 @@ from skimage.metrics import structural_similarity
 
 from wsi_deepr import open_slide, refocus
 from wsi_deepr.errors import ModelNotFoundError
-from wsi_deepr.io.slide import Modality
-from wsi_deepr.model import list_models, model_dirs, resolve_model
-from wsi_deepr.normalization import parse_spec
+from wsi_deepr.readers.slide import Modality
+from wsi_deepr.inference.registry import list_models, model_dirs, resolve_model
+from wsi_deepr.inference.normalization import parse_spec
 
 from .conftest import shared_path
 

@@ -165,7 +165,7 @@ def test_torch_pairs_model_space_and_augmentation(pairs):
 def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
     from export.onnx_export import export_onnx, parity_check
     from export.train import main as train_main
-    from wsi_deepr.model import CARD_KEYS, load_model_info
+    from wsi_deepr.inference.card import CARD_KEYS, load_model_info
 
     run = tmp_path / "run"
     assert train_main(["--dataset", str(pairs), "--out", str(run), "--width", "4", "--max-width", "16",

@@ -9,15 +9,15 @@ side effects::
 
 from __future__ import annotations
 
-from ._version import __version__
+from wsi_deepr._version import __version__
 
 __all__ = ["__version__", "open_slide", "refocus", "list_models", "RefocusResult"]
 
 _LAZY = {
-    "open_slide": ("wsi_deepr.io", "open_slide"),
+    "open_slide": ("wsi_deepr.readers", "open_slide"),
     "refocus": ("wsi_deepr.api", "refocus"),
     "RefocusResult": ("wsi_deepr.api", "RefocusResult"),
-    "list_models": ("wsi_deepr.model", "list_models"),
+    "list_models": ("wsi_deepr.inference.registry", "list_models"),
 }
 
 

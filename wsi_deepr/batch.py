@@ -12,7 +12,7 @@ given, typically one Dask cluster for the whole batch) and:
   (a missing JSON sidecar is restored from the OME-XML, a stale scratch store
   removed);
 * resumes an interrupted slide at block granularity (the scratch store, see
-  :mod:`wsi_deepr.resume`); a slide another job is writing fails with
+  :mod:`wsi_deepr.runsafe.resume`); a slide another job is writing fails with
   "locked" rather than being written twice;
 * rewrites the report (CSV and JSON, atomically) after every slide, so a
   killed batch still leaves one.
@@ -31,9 +31,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._version import __version__
-from .api import default_output_path, refocus
-from .errors import OutputLockedError, WsiDeeprError
+from wsi_deepr._version import __version__
+from wsi_deepr.writers.paths import default_output_path
+from wsi_deepr.api import refocus
+from wsi_deepr.errors import OutputLockedError, WsiDeeprError
 
 __all__ = ["BatchItem", "ManifestError", "SlideReport", "collect_inputs", "plan_batch", "read_manifest", "run_batch",
            "write_report"]
@@ -175,9 +176,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _tidy_finished(item: BatchItem, report: SlideReport) -> None:
     """For a finished output: restore a missing sidecar, drop a leftover scratch."""
-    from .lock import OutputLock
-    from .provenance import read_annotations, record_from_annotations, sidecar_path, write_sidecar
-    from .resume import scratch_path
+    from wsi_deepr.runsafe.lock import OutputLock
+    from wsi_deepr.runsafe.provenance import read_annotations, record_from_annotations, sidecar_path, write_sidecar
+    from wsi_deepr.runsafe.resume import scratch_path
 
     try:
         with OutputLock(item.output):  # not while a job is (re)writing it

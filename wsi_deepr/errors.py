@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "WsiDeeprError",
+    "OptionError",
     "SlideNotFoundError",
     "UnsupportedFormatError",
     "CorruptSlideError",
@@ -26,6 +27,10 @@ __all__ = [
 
 class WsiDeeprError(Exception):
     """Base class of every error raised on purpose by wsi-deepr."""
+
+
+class OptionError(WsiDeeprError, ValueError):
+    """An option has a value that is not allowed (checked before any work starts)."""
 
 
 class SlideNotFoundError(WsiDeeprError, FileNotFoundError):

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from .._version import __version__
+from wsi_deepr._version import __version__
 
 # (module, attribute) of every sub-command, registered lazily in ``main``.
 _COMMANDS: tuple[tuple[str, str], ...] = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import (
+from wsi_deepr.cli.common import (
     ProgressBar,
     cluster_options,
     configure_logging,
@@ -54,8 +54,8 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
     """
     configure_logging(verbose, quiet)
     limit_malloc_arenas()
-    from ..batch import plan_batch, run_batch
-    from ..errors import OutputError
+    from wsi_deepr.batch import plan_batch, run_batch
+    from wsi_deepr.errors import OutputError
 
     if not inputs and manifest is None:
         raise click.UsageError("give slides or folders as INPUTS, or --manifest FILE.csv")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import click
 
-from ..errors import WsiDeeprError
+from wsi_deepr.errors import WsiDeeprError
 
 log = logging.getLogger("wsi_deepr.cli")
 
@@ -187,7 +187,7 @@ def make_scheduler(scheduler: str, *, workers: int | None, threads_per_worker: i
         return "threads", None
     import distributed  # noqa: F401 - sets its loggers' levels on import: set ours again after it
 
-    from ..cluster import ClusterClient
+    from wsi_deepr.parallel.cluster import ClusterClient
 
     _quiet_third_party(verbose, quiet)
 
@@ -197,7 +197,7 @@ def make_scheduler(scheduler: str, *, workers: int | None, threads_per_worker: i
 
     gpu = False
     if scheduler == "local" and device != "cpu":
-        from ..inference import providers_for
+        from wsi_deepr.inference.session import providers_for
 
         try:
             gpu = "CUDAExecutionProvider" in providers_for(device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from wsi_deepr.cli.common import configure_logging, handle_errors, verbosity_options
 
 
 @click.group()
@@ -67,8 +67,8 @@ def simulate_cmd(sources: tuple[str, ...], output: Path, modality: str, pairs: i
                  quiet: bool) -> None:
     """Simulate pairs from in-focus SOURCES (slides, images, folders, STACK.tif#K-L planes)."""
     configure_logging(verbose, quiet)
-    from ..data.build import build_simulated, open_sources
-    from ..optics.randomize import RandomizationRanges
+    from wsi_deepr.data.build import build_simulated, open_sources
+    from wsi_deepr.optics.randomize import RandomizationRanges
 
     ranges = RandomizationRanges.for_modality(
         modality, z_um=z_range, na=na_range, pixel_scale=pixel_scale, spherical_waves=spherical_range,
@@ -109,8 +109,8 @@ def stacks_cmd(stacks: tuple[Path, ...], output: Path, z_step: float | None, pix
     configure_logging(verbose, quiet)
     from collections import Counter
 
-    from ..data.build import build_from_stacks
-    from ..data.stacks import read_stack
+    from wsi_deepr.data.build import build_from_stacks
+    from wsi_deepr.data.stacks import read_stack
 
     loaded = []
     for path in stacks:
@@ -154,7 +154,7 @@ def stacks_cmd(stacks: tuple[Path, ...], output: Path, z_step: float | None, pix
 def info_cmd(path: Path, as_json: bool, verbose: int, quiet: bool) -> None:
     """Show a dataset's summary, normalisation statistics and sources."""
     configure_logging(verbose, quiet)
-    from ..data.dataset import summarize
+    from wsi_deepr.data.dataset import summarize
 
     info = summarize(path)
     if as_json:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from wsi_deepr.cli.common import configure_logging, handle_errors, verbosity_options
 
 
 @click.command()
@@ -20,7 +20,7 @@ from .common import configure_logging, handle_errors, verbosity_options
 def info(slide: Path, modality: str, as_json: bool, verbose: int, quiet: bool) -> None:
     """Show what wsi-deepr reads from SLIDE: backend, levels, µm/px, channels."""
     configure_logging(verbose, quiet)
-    from ..io import open_slide
+    from wsi_deepr.readers import open_slide
 
     s = open_slide(slide, modality=modality)
     data = {

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from wsi_deepr.cli.common import configure_logging, handle_errors, verbosity_options
 
 
 @click.command()
@@ -16,7 +16,7 @@ from .common import configure_logging, handle_errors, verbosity_options
 def models(as_json: bool, verbose: int, quiet: bool) -> None:
     """List the installed Deep-R models and their model cards."""
     configure_logging(verbose, quiet)
-    from ..model import ENV_MODEL_PATH, list_models, model_dirs
+    from wsi_deepr.inference.registry import ENV_MODEL_PATH, list_models, model_dirs
 
     found = list_models()
     if as_json:

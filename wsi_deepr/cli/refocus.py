@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import (
+from wsi_deepr.cli.common import (
     ProgressBar,
     cluster_options,
     configure_logging,
@@ -39,7 +39,7 @@ def refocus(slide: Path, output: Path | None, model: str | None, modality: str, 
     """
     configure_logging(verbose, quiet)
     limit_malloc_arenas()
-    from ..api import refocus as run_refocus
+    from wsi_deepr.api import refocus as run_refocus
 
     target, cluster = make_scheduler(scheduler, workers=workers, threads_per_worker=threads_per_worker,
                                      dashboard_address=dashboard_address, device=device, verbose=verbose,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from wsi_deepr.cli.common import configure_logging, handle_errors, verbosity_options
 
 _IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg")
 
@@ -17,14 +17,14 @@ def _open_input(spec: str, modality: str):
     """``(read_region, (Y, X), channel names, dtype, mpp or None, modality)`` of INPUT."""
     import numpy as np
 
-    from ..errors import SlideNotFoundError
+    from wsi_deepr.errors import SlideNotFoundError
 
     path, _, plane = spec.partition("#")
     p = Path(path)
     if not p.exists():
         raise SlideNotFoundError(f"{p}: no such file; check the input path")
     if plane:
-        from ..data.stacks import read_stack
+        from wsi_deepr.data.stacks import read_stack
 
         if not plane.isdigit():
             raise click.BadParameter(f"{spec!r}: write a stack plane as PATH#K (0-based position)")
@@ -40,7 +40,7 @@ def _open_input(spec: str, modality: str):
         names = ("R", "G", "B") if arr.shape[2] == 3 else tuple(f"C{i}" for i in range(arr.shape[2]))
         mod = modality if modality != "auto" else ("brightfield" if arr.shape[2] == 3 else "fluorescence")
         return (lambda y0, x0, y1, x1: arr[y0:y1, x0:x1]), arr.shape[:2], names, arr.dtype, None, mod
-    from ..io import open_slide
+    from wsi_deepr.readers import open_slide
 
     slide = open_slide(p, modality=modality)
     mpp = slide.mpp[1] if slide.mpp else None
@@ -103,13 +103,10 @@ def simulate(input_spec: str, output: Path, z_um: float | None, tilt: tuple[floa
     import numpy as np
     import tifffile
 
-    from ..data.build import emission_wavelength
-    from ..errors import OutputExistsError
-    from ..optics import OpticalSetting, TiltedPlane, iter_defocused_strips
-    from ..optics.randomize import (
-        BRIGHTFIELD_WAVELENGTHS_UM,
-        add_poisson_gaussian_noise,
-    )
+    from wsi_deepr.data.build import emission_wavelength
+    from wsi_deepr.errors import OutputExistsError
+    from wsi_deepr.optics import OpticalSetting, TiltedPlane, iter_defocused_strips
+    from wsi_deepr.optics.randomize import BRIGHTFIELD_WAVELENGTHS_UM, add_poisson_gaussian_noise
 
     if output.exists() and not overwrite:
         raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")

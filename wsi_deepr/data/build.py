@@ -1,7 +1,7 @@
 """Build pair datasets: simulated from in-focus images, or from real z-stacks.
 
 * :func:`open_sources` turns paths into :class:`InFocusSource` objects: slides
-  through :func:`wsi_deepr.io.open_slide`, plain images (PNG, BMP, JPEG)
+  through :func:`wsi_deepr.readers.open_slide`, plain images (PNG, BMP, JPEG)
   through scikit-image, chosen planes of a z-stack (``stack.ome.tif#18-20``).
   Fluorescence images give one single-channel source per channel.
 * :func:`build_simulated` cuts every file into non-overlapping fields of view
@@ -30,20 +30,15 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from ..errors import (
-    OutputExistsError,
-    SlideNotFoundError,
-    TilingError,
-    UnsupportedFormatError,
-)
-from ..optics import randomize as rz
-from ..optics.defocus import defocus, defocus_tilted
-from ..optics.psf import OpticalSetting, psf_radius_px
-from .dataset import PairDatasetWriter
-from .edof import edof_wavelet
-from .pairs import patch_grid, select_ground_truth, split_by_fov, stack_pairs
-from .registration import register_stack, registration_residuals
-from .stacks import ZStack, read_stack
+from wsi_deepr.errors import OutputExistsError, SlideNotFoundError, TilingError, UnsupportedFormatError
+from wsi_deepr.optics import randomize as rz
+from wsi_deepr.optics.defocus import defocus, defocus_tilted
+from wsi_deepr.optics.psf import OpticalSetting, psf_radius_px
+from wsi_deepr.data.dataset import PairDatasetWriter
+from wsi_deepr.data.edof import edof_wavelet
+from wsi_deepr.data.pairs import patch_grid, select_ground_truth, split_by_fov, stack_pairs
+from wsi_deepr.data.registration import register_stack, registration_residuals
+from wsi_deepr.data.stacks import ZStack, read_stack
 
 __all__ = ["InFocusSource", "build_from_stacks", "build_simulated", "emission_wavelength", "open_sources"]
 
@@ -147,7 +142,7 @@ def open_sources(
             out += _split_channels(str(p), p.name, arr.shape[:2], names, default_pixel_size_um, True,
                                    modality, lambda y0, x0, y1, x1, _a=arr: _a[y0:y1, x0:x1], arr)
             continue
-        from ..io import open_slide
+        from wsi_deepr.readers import open_slide
 
         slide = open_slide(p, modality=modality)
         mpp = slide.mpp[1] if slide.mpp else None

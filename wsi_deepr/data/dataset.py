@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import OutputExistsError, SlideNotFoundError, UnsupportedFormatError
-from .pairs import RunningStats, dihedral
+from wsi_deepr._version import __version__
+from wsi_deepr.errors import OutputExistsError, SlideNotFoundError, UnsupportedFormatError
+from wsi_deepr.data.pairs import RunningStats, dihedral
 
 __all__ = ["FORMAT", "VERSION", "PairDataset", "PairDatasetWriter", "read_attrs", "summarize"]
 

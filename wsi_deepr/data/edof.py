@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .stacks import to_gray
+from wsi_deepr.data.stacks import to_gray
 
 __all__ = ["EdofResult", "edof_wavelet"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import TilingError
+from wsi_deepr.errors import TilingError
 
 __all__ = [
     "PatchChoice",

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .stacks import ZStack, to_gray
+from wsi_deepr.data.stacks import ZStack, to_gray
+from wsi_deepr.imaging.reduce import area_mean
 
 __all__ = [
     "RegistrationResult",
@@ -88,10 +89,7 @@ def _params_from_matrix(m: np.ndarray, c_fixed: np.ndarray, c_moving: np.ndarray
 
 
 def _downscale(img: np.ndarray, f: int) -> np.ndarray:
-    if f == 1:
-        return img
-    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
-    return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    return area_mean(img, f, edge="crop", dtype=np.float64)
 
 
 def _normalise(img: np.ndarray) -> np.ndarray:

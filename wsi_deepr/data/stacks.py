@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideNotFoundError, UnsupportedFormatError
+from wsi_deepr.errors import SlideNotFoundError, UnsupportedFormatError
 
 __all__ = ["PLANE_SUFFIXES", "ZStack", "read_stack", "to_gray"]
 

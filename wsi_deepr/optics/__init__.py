@@ -6,9 +6,9 @@ of inference share it.
 
 from __future__ import annotations
 
-from .defocus import TiltedPlane, defocus, defocus_tilted, iter_defocused_strips
-from .psf import OpticalSetting, otf, psf, psf_fwhm_um, psf_radius_px, pupil_energy
-from .randomize import (
+from wsi_deepr.optics.defocus import TiltedPlane, defocus, defocus_tilted, iter_defocused_strips
+from wsi_deepr.optics.psf import OpticalSetting, otf, psf, psf_fwhm_um, psf_radius_px, pupil_energy
+from wsi_deepr.optics.randomize import (
     BRIGHTFIELD_WAVELENGTHS_UM,
     RandomizationRanges,
     Realisation,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from .psf import OpticalSetting, otf, psf_radius_px
+from wsi_deepr.optics.psf import OpticalSetting, otf, psf_radius_px
 
 __all__ = [
     "TiltedPlane",

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .defocus import TiltedPlane
-from .psf import OpticalSetting
+from wsi_deepr.optics.defocus import TiltedPlane
+from wsi_deepr.optics.psf import OpticalSetting
 
 if TYPE_CHECKING:
     import scipy.sparse

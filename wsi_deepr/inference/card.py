@@ -1,13 +1,10 @@
-"""Deep-R models: the model contract, the model card and the installed models.
+"""The model contract: an ONNX file, its model card, and whether it fits a slide.
 
 A model is an ONNX file whose graph maps ``float32 [N, C, H, W]`` to the same
 shape (dynamic N, H, W) and whose ``metadata_props`` hold a model card with the
-keys in :data:`CARD_KEYS`.  Models are found in the package's ``models/``
-folder and in the folders listed in ``$WSI_DEEPR_MODEL_PATH`` (``os.pathsep``
-separated).  The default model of a modality is the one whose card has
-``default = true`` for that modality.  A card with ``status = preview`` (an
-optional key) marks a model that has not passed its quality gates: it is
-never picked implicitly, only when named (``--model NAME``).
+keys in :data:`CARD_KEYS`.  A card with ``status = preview`` (an optional key)
+marks a model that has not passed its quality gates.  Where installed models
+are found: :mod:`wsi_deepr.inference.registry`.
 """
 
 from __future__ import annotations
@@ -18,22 +15,19 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from .errors import ModelError, ModelMismatchError, ModelNotFoundError
-from .io.slide import Modality
-from .normalization import parse_spec
+from wsi_deepr.errors import ModelError, ModelMismatchError, ModelNotFoundError
+from wsi_deepr.inference.normalization import parse_spec
+from wsi_deepr.inference.session import create_session
+from wsi_deepr.readers.slide import Modality
 
 __all__ = [
     "CARD_KEYS",
     "ModelCard",
     "ModelInfo",
     "check_compatible",
-    "list_models",
     "load_model_info",
-    "model_dirs",
-    "resolve_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,7 +42,6 @@ CARD_KEYS = (
     "version",
     "description",
 )
-ENV_MODEL_PATH = "WSI_DEEPR_MODEL_PATH"
 
 
 @dataclass(frozen=True)
@@ -196,14 +189,9 @@ def load_model_info(path: str | os.PathLike) -> ModelInfo:
 
 @lru_cache(maxsize=32)
 def _load_model_info(path_str: str, size: int, mtime_ns: int) -> ModelInfo:
-    import onnxruntime as ort
-
     path = Path(path_str)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(path_str, options, providers=["CPUExecutionProvider"])
+        session = create_session(path_str, device="cpu", optimize=False)
     except Exception as exc:  # onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
@@ -223,71 +211,6 @@ def _load_model_info(path_str: str, size: int, mtime_ns: int) -> ModelInfo:
         raise ModelError(f"{path}: model input has {inp.shape[1]} channels but its card says {card.channels}")
     name = meta.get("name") or path.name.removesuffix(".onnx")
     return ModelInfo(path, name, card, _sha256(path), inp.name, out.name)
-
-
-def model_dirs() -> list[Path]:
-    """Folders searched for installed models, in priority order."""
-    dirs = [Path(p).expanduser() for p in os.environ.get(ENV_MODEL_PATH, "").split(os.pathsep) if p]
-    dirs.append(Path(str(resources.files("wsi_deepr") / "models")))
-    return dirs
-
-
-def list_models() -> list[ModelInfo]:
-    """All installed models with valid cards (invalid files are logged and skipped)."""
-    found: list[ModelInfo] = []
-    seen: set[str] = set()
-    for folder in model_dirs():
-        if not folder.is_dir():
-            continue
-        for file in sorted(folder.glob("*.onnx")):
-            try:
-                info = load_model_info(file)
-            except ModelError as exc:
-                log.warning("skipping installed model %s: %s", file, exc)
-                continue
-            if info.name not in seen:
-                seen.add(info.name)
-                found.append(info)
-    return found
-
-
-def resolve_model(model: str | os.PathLike | None, *, modality: Modality) -> ModelInfo:
-    """Find the model to use: a path, an installed model's name, or the default.
-
-    Parameters
-    ----------
-    model : str, path or None
-        A ``.onnx`` path, the name of an installed model, or ``None`` for the
-        default model of ``modality``.
-    modality : Modality
-        The slide's modality (picks the default).
-    """
-    if model is not None:
-        text = os.fspath(model)
-        candidate = Path(text).expanduser()
-        if candidate.exists() or text.endswith(".onnx") or os.sep in text:
-            if candidate.is_dir():
-                raise ModelError(f"model path {candidate} is a directory; pass a .onnx file")
-            return load_model_info(candidate)
-        for info in list_models():
-            if info.name == text:
-                return info
-        names = ", ".join(i.name for i in list_models()) or "none installed"
-        raise ModelNotFoundError(
-            f"no model named {text!r} (installed: {names}); pass a .onnx path or see 'wsi-deepr models'"
-        )
-    of_modality = [i for i in list_models() if i.card.modality is modality]
-    candidates = [i for i in of_modality if not i.card.preview]
-    defaults = [i for i in candidates if i.card.default] or candidates
-    if not defaults:
-        previews = ", ".join(i.name for i in of_modality if i.card.preview)
-        hint = (f"; preview models (not yet passing their quality gates, see their MODEL_CARD): {previews}, "
-                f"used only when named, e.g. --model {previews.split(', ')[0]}" if previews else "")
-        raise ModelNotFoundError(
-            f"no default {modality.value} model is installed{hint}; pass --model NAME or a .onnx PATH "
-            f"(see 'wsi-deepr models'), or set ${ENV_MODEL_PATH} to a folder of models"
-        )
-    return defaults[0]
 
 
 def check_compatible(info: ModelInfo, *, n_channels: int, modality: Modality) -> None:

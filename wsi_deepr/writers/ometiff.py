@@ -13,7 +13,8 @@ YCbCr JPEG without subsampling came back with wrong colours.  Fluorescence is
 stored lossless, one plane per channel (OME ``Interleaved="false"``).
 
 The file is first written to a hidden temporary file beside the target and
-moved into place at the end, so a failure never leaves a half-written output.
+moved into place at the end (:mod:`wsi_deepr.writers.atomic`), so a failure
+never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,26 +29,17 @@ from typing import Any
 import numpy as np
 
 from wsi_deepr._version import __version__
-from wsi_deepr.errors import OutputError, OutputExistsError
-from wsi_deepr.io.omexml import OmeImage, build_ome_xml, ome_pixel_type
+from wsi_deepr.options import COMPRESSIONS
+from wsi_deepr.writers.atomic import atomic_file
+from wsi_deepr.writers.omexml import OmeImage, build_ome_xml, ome_pixel_type
+from wsi_deepr.writers.paths import check_output, image_stem
 
-__all__ = ["COMPRESSIONS", "level0_tile_count", "write_ome_tiff"]
+__all__ = ["COMPRESSIONS", "check_compression", "level0_tile_count", "write_ome_tiff"]
 
 logger = logging.getLogger(__name__)
 
-#: Accepted values of ``compression``.
-COMPRESSIONS = ("auto", "jpeg", "zlib", "zstd")
 
-_OME_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 _JPEG_SUBSAMPLING = (2, 2)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in _OME_SUFFIXES:
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return path.stem or name
 
 
 def level0_tile_count(shape: Sequence[int], *, rgb: bool, tile: int = 512) -> int:
@@ -88,35 +79,6 @@ def _check_levels(levels: Sequence[Any], *, rgb: bool) -> tuple[int, np.dtype]:
             f"channel(s) of {dtype}"
         )
     return channels, dtype
-
-
-def _check_output(path: Path, *, overwrite: bool) -> None:
-    directory = path.parent
-    if not directory.is_dir():
-        raise OutputError(f"output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {directory} is not writable")
-    if path.is_dir():
-        raise OutputError(f"output path {path} is a directory")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {path} already exists: pass --overwrite to replace it"
-        )
-
-
-def _open_temporary(path: Path) -> tuple[Path, Any]:
-    """Create ``.<stem>.<random>.tmp`` beside ``path``; return it and its handle."""
-    for _ in range(16):
-        tmp = path.parent / f".{_stem(path)}.{secrets.token_hex(4)}.tmp"
-        try:
-            return tmp, open(tmp, "xb")
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise OutputError(
-                f"cannot create a file in output directory {path.parent}: {exc}"
-            ) from exc
-    raise OutputError(f"cannot create a temporary file in {path.parent}")
 
 
 def _bands(level: Any, tile: int, channel: int | None) -> Iterator[np.ndarray]:
@@ -186,7 +148,11 @@ def _resolution(
     return {"resolution": (1e4 / um_x, 1e4 / um_y), "resolutionunit": "CENTIMETER"}
 
 
-def _check_compression(compression: str, *, rgb: bool, quality: int) -> str:
+def check_compression(compression: str, *, rgb: bool, quality: int) -> str:
+    """The compression to write (``"auto"`` resolved), or ``ValueError`` naming the bad value.
+
+    JPEG is for brightfield RGB only (``rgb``); ``quality`` must be 1-100.
+    """
     value = str(compression).lower()
     if value not in COMPRESSIONS:
         raise ValueError(
@@ -195,7 +161,8 @@ def _check_compression(compression: str, *, rgb: bool, quality: int) -> str:
     if value == "auto":
         value = "jpeg" if rgb else "zlib"
     if value == "jpeg" and not rgb:
-        raise ValueError("compression='jpeg' needs rgb=True; use zlib or zstd")
+        raise ValueError("compression='jpeg' is for brightfield RGB (8-bit, 3 channels) output only; "
+                         "use 'zlib' or 'zstd'")
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"jpeg_quality must be in 1-100, got {quality!r}")
     return value
@@ -240,6 +207,67 @@ def _check_associated(associated: Mapping[str, Any] | None) -> dict[str, np.ndar
             image = np.repeat(image, 3, axis=2)
         extra[str(key)] = np.ascontiguousarray(image[..., :3])
     return extra
+
+
+def _write_pyramid(writer: Any, levels: Sequence[Any], *, rgb: bool, tile: int, compression: str,
+                   jpeg_quality: int, mpp: tuple[float, float] | None, description: str,
+                   progress: _Progress) -> None:
+    """Level 0 as the top-level IFD(s), the reduced levels as its SubIFDs, streamed band by band."""
+    first_level = levels[0]
+    channels, dtype = int(first_level.shape[2]), np.dtype(first_level.dtype)
+    options: dict[str, Any] = {"compression": compression}
+    if compression == "jpeg":
+        options["compressionargs"] = {"level": int(jpeg_quality)}
+        options["subsampling"] = _JPEG_SUBSAMPLING
+    if rgb:
+        options.update(photometric="rgb", planarconfig="contig")
+    else:
+        options.update(photometric="minisblack")
+    workers = min(8, os.cpu_count() or 1)
+    tile_bytes = tile * tile * (channels if rgb else 1) * dtype.itemsize
+    base = tuple(int(v) for v in first_level.shape)
+    # tifffile buffers this many bytes of tiles; one band's worth is enough.
+    buffer = max(workers * tile_bytes, math.ceil(base[1] / tile) * tile_bytes)
+    planes: list[int | None] = [None] if rgb else list(range(channels))
+    for index, level in enumerate(levels):
+        shape = tuple(int(v) for v in level.shape)
+        first = index == 0
+        tiles = _tiles(level, tile=tile, channels=planes, pad_edges=compression == "jpeg",
+                       progress=progress if first else None)
+        writer.write(
+            tiles,
+            shape=shape if rgb else (channels, *shape[:2]),
+            dtype=dtype,
+            tile=(tile, tile),
+            subifds=len(levels) - 1 if first else None,
+            subfiletype=0 if first else 1,
+            description=description.encode("utf-8") if first else None,
+            software=f"wsi-deepr {__version__}" if first else False,
+            metadata=None,
+            maxworkers=workers,
+            buffersize=buffer,
+            **_resolution(mpp, base, shape),
+            **options,
+        )
+        if first:
+            progress.flush()
+
+
+def _write_associated(writer: Any, extra: Mapping[str, np.ndarray], *, compression: str,
+                      jpeg_quality: int) -> None:
+    """The associated images as further top-level images (the label kept lossless for its barcode)."""
+    for key, image in extra.items():
+        jpeg = key != "label" and compression == "jpeg"
+        writer.write(
+            image,
+            photometric="rgb",
+            planarconfig="contig",
+            compression="jpeg" if jpeg else "zlib",
+            compressionargs={"level": int(jpeg_quality)} if jpeg else None,
+            subsampling=_JPEG_SUBSAMPLING if jpeg else None,
+            software=False,
+            metadata=None,
+        )
 
 
 def write_ome_tiff(
@@ -316,7 +344,7 @@ def write_ome_tiff(
 
     path = Path(path).absolute()
     channels, dtype = _check_levels(levels, rgb=rgb)
-    compression = _check_compression(compression, rgb=rgb, quality=jpeg_quality)
+    compression = check_compression(compression, rgb=rgb, quality=jpeg_quality)
     if tile < 16 or tile % 16:
         raise ValueError(f"tile must be a positive multiple of 16, got {tile!r}")
     if mpp is not None:
@@ -325,12 +353,12 @@ def write_ome_tiff(
             raise ValueError(f"mpp must be two positive numbers (y, x), got {mpp!r}")
     names = _channel_names(channel_names, rgb=rgb, channels=channels)
     extra = _check_associated(associated)
-    _check_output(path, overwrite=overwrite)
+    check_output(path, overwrite=overwrite)
 
     base = tuple(int(v) for v in levels[0].shape)
     images = [
         OmeImage(
-            name or _stem(path), base[0], base[1], channels, dtype, rgb, 0, names, mpp
+            name or image_stem(path), base[0], base[1], channels, dtype, rgb, 0, names, mpp
         )
     ]
     for key, image in extra.items():
@@ -340,68 +368,10 @@ def write_ome_tiff(
     omexml = build_ome_xml(
         images, annotations=annotations, creator=f"wsi-deepr {__version__}"
     )
-    options: dict[str, Any] = {"compression": compression}
-    if compression == "jpeg":
-        options["compressionargs"] = {"level": int(jpeg_quality)}
-        options["subsampling"] = _JPEG_SUBSAMPLING
-    if rgb:
-        options.update(photometric="rgb", planarconfig="contig")
-    else:
-        options.update(photometric="minisblack")
-    workers = min(8, os.cpu_count() or 1)
-    tile_bytes = tile * tile * (channels if rgb else 1) * dtype.itemsize
-    # tifffile buffers this many bytes of tiles; one band's worth is enough.
-    buffer = max(workers * tile_bytes, math.ceil(base[1] / tile) * tile_bytes)
-    planes: list[int | None] = [None] if rgb else list(range(channels))
-
     logger.info("writing %s: %d level(s) of %s %s", path, len(levels), base, dtype)
-    reporter = _Progress(progress)
-    tmp, handle = _open_temporary(path)
-    try:
-        with handle, tifffile.TiffWriter(handle, bigtiff=True, ome=False) as writer:
-            for index, level in enumerate(levels):
-                shape = tuple(int(v) for v in level.shape)
-                first = index == 0
-                tiles = _tiles(
-                    level,
-                    tile=tile,
-                    channels=planes,
-                    pad_edges=compression == "jpeg",
-                    progress=reporter if first else None,
-                )
-                writer.write(
-                    tiles,
-                    shape=shape if rgb else (channels, *shape[:2]),
-                    dtype=dtype,
-                    tile=(tile, tile),
-                    subifds=len(levels) - 1 if first else None,
-                    subfiletype=0 if first else 1,
-                    description=omexml.encode("utf-8") if first else None,
-                    software=f"wsi-deepr {__version__}" if first else False,
-                    metadata=None,
-                    maxworkers=workers,
-                    buffersize=buffer,
-                    **_resolution(mpp, base, shape),
-                    **options,
-                )
-                if first:
-                    reporter.flush()
-            for key, image in extra.items():
-                # The label stays lossless so that barcodes remain readable.
-                jpeg = key != "label" and compression == "jpeg"
-                writer.write(
-                    image,
-                    photometric="rgb",
-                    planarconfig="contig",
-                    compression="jpeg" if jpeg else "zlib",
-                    compressionargs={"level": int(jpeg_quality)} if jpeg else None,
-                    subsampling=_JPEG_SUBSAMPLING if jpeg else None,
-                    software=False,
-                    metadata=None,
-                )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle, tifffile.TiffWriter(handle, bigtiff=True, ome=False) as writer:
+        _write_pyramid(writer, levels, rgb=rgb, tile=tile, compression=compression, jpeg_quality=jpeg_quality,
+                       mpp=mpp, description=omexml, progress=_Progress(progress))
+        _write_associated(writer, extra, compression=compression, jpeg_quality=jpeg_quality)
     logger.info("wrote %s", path)
     return path

@@ -22,9 +22,9 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from ..errors import CorruptSlideError, UnsupportedFormatError
-from ._handles import HandleCache
-from .slide import Modality, Slide
+from wsi_deepr.errors import CorruptSlideError, UnsupportedFormatError
+from wsi_deepr.readers._handles import HandleCache
+from wsi_deepr.readers.slide import Modality, Slide
 
 __all__ = ["TiffRegionReader", "clear_cache", "open_tiff_slide", "quiet_tifffile"]
 
@@ -330,7 +330,7 @@ def _associated(tif: Any, kind: str, main: int, path: str) -> dict[str, _TiffAss
 def open_tiff_slide(path: str | Path, *, tile: int = 512) -> Slide:
     """Build a :class:`Slide` for a TIFF-based file read with tifffile.
 
-    :func:`~wsi_deepr.io.open_slide` checks first that the file is complete.
+    :func:`~wsi_deepr.readers.open_slide` checks first that the file is complete.
 
     Parameters
     ----------

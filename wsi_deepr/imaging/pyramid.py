@@ -15,11 +15,12 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
+
+from wsi_deepr.imaging.reduce import area_mean
 
 __all__ = ["CHUNK", "build_pyramid", "downsample2", "pyramid_shapes"]
 
@@ -72,55 +73,21 @@ def pyramid_shapes(
 
 
 def downsample2(block: np.ndarray) -> np.ndarray:
-    """Halve a ``(Y, X, C)`` block with a 2x2 mean.
+    """Halve a ``(Y, X, C)`` block with a 2x2 mean (:func:`wsi_deepr.imaging.reduce.area_mean`).
 
-    An odd last row or column is averaged with itself (edge replication), so the
+    An odd last row or column is averaged over the pixels it has, so the
     result has shape ``(ceil(Y / 2), ceil(X / 2), C)``.  Integer inputs are
     rounded half up and returned in their dtype; floating inputs keep theirs.
-
-    Parameters
-    ----------
-    block : numpy.ndarray
-        Array of shape ``(Y, X, C)`` with ``Y, X >= 1``.
-
-    Returns
-    -------
-    numpy.ndarray
-        The downsampled block, same dtype as ``block``.
 
     Raises
     ------
     ValueError
-        If ``block`` is not three-dimensional or is empty.
+        If ``block`` is not three-dimensional, is empty or is not numeric.
     """
     block = np.asarray(block)
     if block.ndim != 3:
         raise ValueError(f"block must be (Y, X, C), got shape {block.shape}")
-    if block.shape[0] < 1 or block.shape[1] < 1:
-        raise ValueError(f"block must not be empty, got shape {block.shape}")
-    dtype = block.dtype
-    if dtype.kind == "b" or dtype.kind not in "uif":
-        raise ValueError(f"block must be numeric, got dtype {dtype}")
-    pad_y, pad_x = block.shape[0] % 2, block.shape[1] % 2
-    if pad_y or pad_x:
-        block = np.pad(block, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
-    acc: Any
-    if dtype.kind == "f":
-        acc = np.float64 if dtype.itemsize > 4 else np.float32
-    elif dtype.itemsize <= 2:  # 4 * max fits: small accumulators are much faster
-        acc = {(1, "u"): np.uint16, (1, "i"): np.int16, (2, "u"): np.uint32, (2, "i"): np.int32}[
-            (dtype.itemsize, dtype.kind)]
-    else:
-        acc = np.uint64 if dtype.kind == "u" else np.int64
-    # Four strided adds: several times faster than a reshape-and-sum.
-    total = block[0::2, 0::2].astype(acc)
-    total += block[1::2, 0::2]
-    total += block[0::2, 1::2]
-    total += block[1::2, 1::2]
-    if dtype.kind == "f":
-        return (total * acc(0.25)).astype(dtype, copy=False)
-    # Floor division of (sum + 2) by 4 rounds half up, negatives included.
-    return ((total + acc(2)) // acc(4)).astype(dtype, copy=False)
+    return area_mean(block, 2)
 
 
 def _is_complete(array: zarr.Array, shape: tuple[int, ...], dtype: np.dtype) -> bool:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from .errors import OutputError, OutputLockedError
+from wsi_deepr.errors import OutputError, OutputLockedError
 
 __all__ = ["OutputLock", "lock_holder", "lock_path"]
 

@@ -32,9 +32,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from wsi_deepr.writers.atomic import atomic_write_text
+
 __all__ = [
-    "Checksum", "file_sha256", "host_record", "read_annotations", "record_from_annotations", "sidecar_path",
-    "to_annotations", "write_sidecar",
+    "Checksum", "file_sha256", "host_record", "provenance_record", "read_annotations", "record_from_annotations",
+    "sidecar_path", "stamp", "to_annotations", "write_sidecar",
 ]
 
 _PREFIX = "wsi_deepr."
@@ -106,19 +108,82 @@ def to_annotations(record: Mapping[str, object]) -> dict[str, str]:
 
 def write_sidecar(output: str | os.PathLike, record: Mapping[str, object]) -> Path:
     """Write ``record`` to ``<output>.json`` atomically; return its path."""
-    path = sidecar_path(output)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_text(sidecar_path(output), text, fsync=True)
+
+
+def stamp(seconds: float | None = None) -> str:
+    """Local time as recorded in provenance (``%Y-%m-%dT%H:%M:%S%z``; now by default)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))
+
+
+def provenance_record(*, slide, slide_path: Path, identity: dict, sha256: str, model, provider: str,
+                      parameters: dict, plan, output_mpp: tuple[float, float] | None, scheduler: dict,
+                      resumed_blocks: int, started: str, timings: Mapping[str, float]) -> dict:
+    """The provenance record of one refocused slide (the key/values listed in the module notes).
+
+    Parameters
+    ----------
+    slide : Slide
+        The input, opened.
+    slide_path : path
+        The input as given.
+    identity : dict
+        :func:`wsi_deepr.runsafe.resume.input_identity` of the input.
+    sha256 : str
+        SHA-256 of the whole input file (:class:`Checksum`).
+    model : ModelInfo
+        The model.
+    provider : str
+        The ONNX Runtime execution provider used.
+    parameters : dict
+        The run's parameters as recorded.
+    plan : RefocusPlan
+        What was computed.
+    output_mpp : (float, float) or None
+        µm/px of the output.
+    scheduler : dict
+        Where it ran (:func:`wsi_deepr.parallel.cluster.describe` for a cluster).
+    resumed_blocks : int
+        Blocks taken over from an interrupted run.
+    started : str
+        :func:`stamp` of the start.
+    timings : mapping
+        Seconds per stage so far.
+    """
+    import numpy as np
+
+    from wsi_deepr._version import __version__
+
+    nby, nbx = plan.block_grid
+    return {
+        "version": __version__,
+        "input": str(Path(slide_path).resolve()),
+        "input_format": f"{slide.format} ({slide.backend})",
+        "input_size": identity["size"],
+        "input_mtime": stamp(identity["mtime_ns"] / 1e9),
+        "input_sha256": sha256,
+        "input_shape": list(slide.shape),
+        "input_dtype": np.dtype(slide.dtype).name,
+        "model": model.name,
+        "model_path": str(model.path),
+        "model_sha256": model.sha256,
+        "model_card": model.card.as_dict(),
+        "provider": provider,
+        "parameters": parameters,
+        "normalization": json.loads(plan.stats.to_json()),
+        "scale": plan.scale.as_dict(),
+        "background": plan.background,
+        "output_shape": list(plan.shape),
+        "output_mpp": list(output_mpp) if output_mpp else None,
+        "scheduler": scheduler,
+        "windows": plan.grid.n_windows,
+        "blocks": nby * nbx,
+        "resumed_blocks": resumed_blocks,
+        "started": started,
+        **host_record(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
 
 
 def read_annotations(path: str | os.PathLike) -> dict[str, str]:

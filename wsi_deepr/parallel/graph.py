@@ -1,17 +1,17 @@
-"""The thin Dask layer: a task graph of :mod:`wsi_deepr.compute` calls.
+"""The thin Dask layer: a task graph of :mod:`wsi_deepr.inference.kernel` calls.
 
 The output is cut into *blocks* that follow the window grid: block ``(b, g)``
 spans window row ``b`` (``stride`` rows) and window group ``g`` (``batch``
 windows, ``batch * stride`` columns).  The tasks:
 
 * ``deepr-infer-*``: one per group of ``batch`` adjacent windows of a grid row
-  (:func:`~wsi_deepr.compute.infer_windows`); every window runs exactly once.
+  (:func:`~wsi_deepr.inference.kernel.infer_windows`); every window runs exactly once.
   Its canvas is split into the block it owns and three thin tails (the
   ``overlap`` rows below, the columns to the right, the corner) that belong
   to the neighbouring blocks.
 * ``deepr-merge-*``: one per block: sums the block's own part of its canvas
   with the tails of the blocks above and to the left
-  (:func:`~wsi_deepr.compute.assemble`), and hands its own tails on.  A
+  (:func:`~wsi_deepr.inference.kernel.assemble`), and hands its own tails on.  A
   canvas is freed as soon as its block is merged; the merged blocks of one
   row (small: the block plus thin tails) wait for the next row.
 * ``deepr-out-*``: the block alone (the chunks of the Dask array).
@@ -32,130 +32,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from .compute import Canvas, assemble, infer_windows
-from .geometry import TileGrid
-from .inference import SessionSpec
-from .io.slide import RegionReader
-from .normalization import NormStats
-from .scale import ScaleDecision
-from .pyramid import downsample2
+from wsi_deepr.inference.kernel import Canvas, assemble, infer_windows
+from wsi_deepr.imaging.pyramid import downsample2
+from wsi_deepr.tiling.plan import RefocusPlan
 
-__all__ = ["RefocusPlan", "refocus_dask", "store_to_zarr"]
+__all__ = ["refocus_dask", "store_to_zarr"]
 
 log = logging.getLogger(__name__)
 
 #: how many output rows inference may run ahead of the assembled output
 LOOKAHEAD_ROWS = 1
-
-
-@dataclass(frozen=True)
-class RefocusPlan:
-    """What to compute: the slide level, the window grid, the model and stats.
-
-    Attributes
-    ----------
-    reader : RegionReader
-        Picklable pixel source.
-    level : int
-        Pyramid level refocused (0 = full resolution).
-    grid : TileGrid
-        Model windows over that level.
-    n_channels : int
-        Channels of the slide.
-    spec : SessionSpec or None
-        Model session (``None`` only if every window is skipped).
-    model_channels : int
-        Channels the model takes (1 = per channel).
-    stats : NormStats
-        Slide normalisation statistics.
-    dtype : numpy.dtype or None
-        Output type (``None``: float32, not rounded).
-    skip : numpy.ndarray or None
-        Boolean ``grid.grid_shape`` mask of windows passed through unchanged.
-    batch : int
-        Windows per inference task (on CUDA also the ONNX Runtime batch; on the
-        CPU the calls are bounded, :data:`wsi_deepr.inference.CPU_PIXELS_PER_CALL`).
-    scale : ScaleDecision or None
-        Where the model runs relative to the slide (see :mod:`wsi_deepr.scale`);
-        ``reader``/``level`` already read at that scale.
-    background : dict or None
-        What background detection found (:meth:`wsi_deepr.background.BackgroundMask.to_dict`),
-        or ``None`` when it did not run.
-    """
-
-    reader: RegionReader
-    level: int
-    grid: TileGrid
-    n_channels: int
-    spec: SessionSpec | None
-    model_channels: int
-    stats: NormStats
-    dtype: np.dtype | None
-    skip: np.ndarray | None = None
-    batch: int = 4
-    scale: ScaleDecision | None = None
-    background: dict | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Output shape ``(Y, X, C)``."""
-        return (*self.grid.shape, self.n_channels)
-
-    @property
-    def block_grid(self) -> tuple[int, int]:
-        """Number of output blocks along Y (window rows) and X (window groups)."""
-        ny, nx = self.grid.grid_shape
-        return ny, -(-nx // self.batch)
-
-    @property
-    def chunks(self) -> tuple[int, int, int]:
-        """Chunk shape for a zarr target: the size of an interior block."""
-        s = self.grid.y.stride
-        h, w = self.grid.shape
-        return min(s, h), min(s * self.batch, w), self.n_channels
-
-    def _cuts(self, axis_len: int, step: int, n: int, i: int) -> tuple[int, int]:
-        return i * step, (axis_len if i == n - 1 else (i + 1) * step)
-
-    def block_box(self, by: int, bx: int) -> tuple[int, int, int, int]:
-        """``(y0, x0, y1, x1)`` of output block ``(by, bx)``.
-
-        Interior blocks are one stride tall and ``batch`` strides wide; the
-        last row and column run to the image edge.
-        """
-        nby, nbx = self.block_grid
-        h, w = self.grid.shape
-        y0, y1 = self._cuts(h, self.grid.y.stride, nby, by)
-        x0, x1 = self._cuts(w, self.grid.x.stride * self.batch, nbx, bx)
-        return y0, x0, y1, x1
-
-    def windows_in_block(self, by: int, bx: int) -> int:
-        """Number of model windows whose output block is ``(by, bx)``."""
-        nx = self.grid.grid_shape[1]
-        return min((bx + 1) * self.batch, nx) - bx * self.batch
-
-    @property
-    def block_local_levels(self) -> int:
-        """How many 2× pyramid levels each block can reduce on its own.
-
-        Level ``k`` is exact per block when every block starts at a multiple
-        of ``2**k`` (interior blocks are ``stride`` by ``batch * stride``).
-        """
-        k, s, w = 0, self.grid.y.stride, self.grid.x.stride * self.batch
-        while s % 2 ** (k + 1) == 0 and w % 2 ** (k + 1) == 0 and k < 16:
-            k += 1
-        return k
-
-    def block_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int]]:
-        """Dask ``chunks`` of the output: one chunk per block."""
-        nby, nbx = self.block_grid
-        ys = tuple(self.block_box(b, 0)[2] - self.block_box(b, 0)[0] for b in range(nby))
-        xs = tuple(self.block_box(0, g)[3] - self.block_box(0, g)[1] for g in range(nbx))
-        return ys, xs, (self.n_channels,)
 
 
 def _split(canvas: Canvas, box: tuple[int, int, int, int]) -> dict[str, Canvas]:
@@ -193,10 +82,10 @@ def _graph(plan: RefocusPlan, token: str, blocks: list[tuple[int, int]]):
         if key not in dsk:
             a, b = bx * plan.batch, min((bx + 1) * plan.batch, nx)
             row_skip = tuple(bool(v) for v in skip[by, a:b])
-            spec = None if all(row_skip) else plan.spec
+            session = None if all(row_skip) else plan.session
             wait = (by - 1, min(bx + 1, nbx - 1))
             dsk[key] = (
-                _infer_task, plan.reader, plan.level, grid, by, a, b, spec, plan.stats,
+                _infer_task, plan.reader, plan.level, grid, by, a, b, session, plan.stats,
                 plan.model_channels, row_skip, (merge_name, *wait) if wait in wanted else None,
             )
         return key
@@ -224,8 +113,8 @@ def _graph(plan: RefocusPlan, token: str, blocks: list[tuple[int, int]]):
     return dsk, keys, out_name
 
 
-def _infer_task(reader, level, grid, iy, a, b, spec, stats, model_channels, skip, _after=None):
-    return infer_windows(reader, level, grid, iy, a, b, spec=spec, stats=stats,
+def _infer_task(reader, level, grid, iy, a, b, session, stats, model_channels, skip, _after=None):
+    return infer_windows(reader, level, grid, iy, a, b, session=session, stats=stats,
                          model_channels=model_channels, skip=skip)
 
 
@@ -334,7 +223,7 @@ def store_to_zarr(
     if len(reduced) > plan.block_local_levels:
         raise ValueError(
             f"{len(reduced)} reduced levels requested, but blocks of {plan.chunks[:2]} allow only "
-            f"{plan.block_local_levels}; build the others with wsi_deepr.pyramid.build_pyramid"
+            f"{plan.block_local_levels}; build the others with wsi_deepr.imaging.pyramid.build_pyramid"
         )
     nby, nbx = plan.block_grid
     blocks = [(by, bx) for by in range(nby) for bx in range(nbx) if not (done and done(by, bx))]

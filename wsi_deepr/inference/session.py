@@ -9,19 +9,21 @@ tiles and threads (``InferenceSession.run`` is thread-safe).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 
-from .errors import ProviderUnavailableError
+from wsi_deepr.errors import ProviderUnavailableError
+from wsi_deepr.options import DEVICES
 
-__all__ = ["DEVICES", "SessionSpec", "get_session", "providers_for", "run_batch", "check_runtime_install"]
+__all__ = ["DEVICES", "SessionSpec", "check_runtime_install", "create_session", "get_session", "providers_for",
+           "run_model"]
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -94,9 +96,8 @@ def providers_for(device: str) -> list[str]:
 
 
 #: images of at most this many pixels go to one CPU ``session.run``: larger
-#: calls are slower per pixel once the activations outgrow the CPU cache (a
-#: 1-channel model fed 6 images of 512² at once took 1.7x as long per pixel as
-#: fed 2, ``benchmarks/installed_models.py``); CUDA takes the whole batch
+#: calls are slower per pixel once the activations outgrow the CPU cache (see
+#: the README's *Tiling* section for the measurement); CUDA takes the whole batch
 CPU_PIXELS_PER_CALL = 2 * 512 * 512
 
 _sessions: dict[SessionSpec, object] = {}
@@ -116,30 +117,51 @@ def get_session(spec: SessionSpec):
     with _lock:
         session = _sessions.get(spec)
         if session is None:
-            session = _create_session(spec)
+            session = create_session(spec.model_path, device=spec.device, threads=spec.intra_op_threads)
             _sessions[spec] = session
     return session
 
 
-def _create_session(spec: SessionSpec):
+def create_session(model_path: str | os.PathLike, *, device: str = "cpu", threads: int = 0,
+                   optimize: bool = True):
+    """A new ``onnxruntime.InferenceSession``: the one place sessions are set up.
+
+    Parameters
+    ----------
+    model_path : path
+        The ONNX file.
+    device : {"auto", "cpu", "cuda"}
+        Execution provider (:func:`providers_for`).  With ``"cuda"`` the
+        session must really run on CUDA: ONNX Runtime silently falls back to
+        the CPU when the CUDA libraries fail to load, and that fallback
+        raises :class:`ProviderUnavailableError` here.
+    threads : int
+        Intra-op threads (0: ONNX Runtime's default); inter-op is always 1.
+    optimize : bool
+        Full graph optimisation (``False``: none, for inspecting a model).
+
+    Returns
+    -------
+    onnxruntime.InferenceSession
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
-    if spec.intra_op_threads:
-        options.intra_op_num_threads = int(spec.intra_op_threads)
+    if threads:
+        options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
-    requested = providers_for(spec.device)
-    session = ort.InferenceSession(spec.model_path, options, providers=requested)
+    session = ort.InferenceSession(os.fspath(model_path), options, providers=providers_for(device))
     active = session.get_providers()
-    if spec.device == "cuda" and (not active or active[0] != _CUDA):
+    if str(device).lower() == "cuda" and (not active or active[0] != _CUDA):
         raise ProviderUnavailableError(
             f"--device cuda: ONNX Runtime could not start the CUDA provider (active: "
             f"{', '.join(active)}); check the CUDA and cuDNN libraries match onnxruntime-gpu "
             f"{ort.__version__}, or use --device cpu"
         )
-    log.info("ONNX Runtime session for %s on %s", spec.model_path, active[0])
+    log.info("ONNX Runtime session for %s on %s", model_path, active[0])
     return session
 
 
@@ -148,7 +170,7 @@ def active_provider(spec: SessionSpec) -> str:
     return get_session(spec).get_providers()[0]
 
 
-def run_batch(spec: SessionSpec, batch: np.ndarray, *, model_channels: int) -> np.ndarray:
+def run_model(spec: SessionSpec, batch: np.ndarray, *, model_channels: int) -> np.ndarray:
     """Run the model on ``batch`` of shape ``(N, C, H, W)`` (``float32``).
 
     When the model takes one channel and the batch has ``C > 1``, every

@@ -17,7 +17,7 @@ pre-emption, the next run reuses it when its *fingerprint* matches:
   file proves nothing; an interrupted block has no marker and is recomputed
   whole.
 * the reduced pyramid levels carry ``"complete": True`` once finished and are
-  reused by :func:`wsi_deepr.pyramid.build_pyramid`.
+  reused by :func:`wsi_deepr.imaging.pyramid.build_pyramid`.
 
 The fingerprint is written last when a scratch is created, so a scratch cut
 off while being created never matches.  :func:`crash_point` lets tests kill
@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BlockMarkers", "Scratch", "crash_point", "open_scratch", "quick_digest", "scratch_path",
+    "BlockMarkers", "Scratch", "crash_point", "input_identity", "mask_digest", "open_scratch", "quick_digest",
+    "scratch_arrays", "scratch_fingerprint", "scratch_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,39 @@ def mask_digest(mask: np.ndarray | None) -> str | None:
         return None
     mask = np.ascontiguousarray(mask, dtype=bool)
     return hashlib.sha256(repr(mask.shape).encode() + np.packbits(mask).tobytes()).hexdigest()
+
+
+def scratch_arrays(plan, dtype) -> list[tuple[str, tuple[int, ...], tuple[int, ...], object]]:
+    """``(name, shape, chunks, dtype)`` of the scratch arrays of ``plan``: level 0 first.
+
+    Then the block-local 2× levels (:attr:`~wsi_deepr.tiling.plan.RefocusPlan.block_local_levels`)
+    whose chunks stay at least 128 px (tiny chunks make zarr slow: deeper
+    levels come from :func:`wsi_deepr.imaging.pyramid.build_pyramid`).
+    """
+    from wsi_deepr.imaging.pyramid import pyramid_shapes
+
+    shapes = pyramid_shapes(plan.shape[:2])
+    cy, cx, cc = plan.chunks
+    return [("0", plan.shape, plan.chunks, dtype)] + [
+        (str(k), (*shapes[k], cc), (max(1, cy >> k), max(1, cx >> k), cc), dtype)
+        for k in range(1, min(len(shapes), plan.block_local_levels + 1))
+        if min(cy, cx) >> k >= 128
+    ]
+
+
+def scratch_fingerprint(plan, *, identity: dict, model_sha256: str, provider: str, dtype,
+                        arrays: Sequence[tuple]) -> dict:
+    """Everything that decides the scratch's pixels and layout (see the module notes)."""
+    from wsi_deepr._version import __version__
+
+    return {
+        "format": SCRATCH_FORMAT, "version": __version__, "input": identity, "model_sha256": model_sha256,
+        "provider": provider, "level": plan.level, "shape": plan.shape, "dtype": np.dtype(dtype).str,
+        "tile": plan.grid.tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": plan.batch,
+        "model_channels": plan.model_channels, "stats": json.loads(plan.stats.to_json()),
+        "skip": mask_digest(plan.skip), "scale": [plan.scale.action, plan.scale.level, plan.scale.factor],
+        "arrays": [[n, list(s), list(c)] for n, s, c, _ in arrays],
+    }
 
 
 def _canonical(value) -> str:
@@ -217,11 +251,11 @@ def crash_point(stage: str, count: int = 0) -> None:
     ``write`` (``count`` level-0 tiles of the OME-TIFF written),
     ``written`` (OME-TIFF in place, sidecar and cleanup not done).
     """
-    spec = os.environ.get(_CRASH_ENV)
-    if not spec:
+    point = os.environ.get(_CRASH_ENV)
+    if not point:
         return
-    name, _, n = spec.partition(":")
+    name, _, n = point.partition(":")
     if name == stage and count >= int(n or 0):
-        log.warning("%s=%s: killing this process (SIGKILL)", _CRASH_ENV, spec)
+        log.warning("%s=%s: killing this process (SIGKILL)", _CRASH_ENV, point)
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)

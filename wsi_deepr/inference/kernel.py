@@ -1,7 +1,8 @@
 """The work of one task, in numpy: read → normalise → infer → weight, and merge.
 
-These functions know nothing about Dask.  :mod:`wsi_deepr.pipeline` wires
-them into a task graph; tests call them directly.
+These functions know nothing about Dask.  :mod:`wsi_deepr.parallel.graph`
+wires them into a task graph; :func:`refocus_array` runs them over an
+in-memory image (evaluation, benchmarks, notebooks); tests call them directly.
 
 * :func:`infer_windows` runs the model on a run of horizontally adjacent
   windows of one grid row and returns a :class:`Canvas`: the weighted sum of
@@ -9,21 +10,24 @@ them into a task graph; tests call them directly.
 * :func:`assemble` sums the canvases that cover an output block, undoes the
   normalisation and casts to the output type.  Because the weights form a
   partition of unity, the sum is the final value: no renormalisation.
+* :func:`refocus_array` — normalise, window, run, blend, denormalise an array,
+  exactly as a slide is refocused, without Dask.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import TileGrid, pad_reflect
-from .inference import SessionSpec, run_batch
-from .io.slide import RegionReader
-from .normalization import NormStats
+from wsi_deepr.inference.normalization import NormStats
+from wsi_deepr.inference.session import SessionSpec, run_model
+from wsi_deepr.readers.slide import RegionReader
+from wsi_deepr.tiling.geometry import TileGrid, pad_reflect
 
-__all__ = ["Canvas", "assemble", "infer_windows", "read_padded", "to_dtype"]
+__all__ = ["ArrayReader", "Canvas", "assemble", "infer_windows", "read_padded", "refocus_array", "to_dtype"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def infer_windows(
     ix0: int,
     ix1: int,
     *,
-    spec: SessionSpec | None,
+    session: SessionSpec | None,
     stats: NormStats,
     model_channels: int,
     skip: Sequence[bool] | None = None,
@@ -78,7 +82,7 @@ def infer_windows(
         Window layout over that level.
     iy, ix0, ix1 : int
         Grid row and half-open range of grid columns.
-    spec : SessionSpec or None
+    session : SessionSpec or None
         Model session to use; ``None`` only when every window is skipped.
     stats : NormStats
         Slide normalisation statistics.
@@ -101,14 +105,14 @@ def infer_windows(
     outputs: dict[int, np.ndarray] = {}
     run = [k for k, s in enumerate(skip) if not s]
     if run:
-        if spec is None:
-            raise ValueError("spec is required when some windows are not skipped")
+        if session is None:
+            raise ValueError("session is required when some windows are not skipped")
         t = grid.tile
         batch = np.empty((len(run), normed.shape[0], t, t), dtype=np.float32)
         for j, k in enumerate(run):
             off = windows[k].read[1] - union[1]
             batch[j] = normed[:, :, off:off + t]
-        result = run_batch(spec, batch, model_channels=model_channels)
+        result = run_model(session, batch, model_channels=model_channels)
         outputs = dict(zip(run, result, strict=True))
 
     box = (windows[0].core[0], windows[0].core[1], windows[0].core[2], windows[-1].core[3])
@@ -179,3 +183,72 @@ def to_dtype(block: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
         np.clip(rounded, info.min, info.max, out=rounded)
         return rounded.astype(dt)
     return block.astype(dt)
+
+
+class ArrayReader:
+    """An in-memory ``(Y, X, C)`` image as a :class:`~wsi_deepr.readers.slide.RegionReader` (one level)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+
+    def read(self, level: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` (``level`` must be 0)."""
+        if level != 0:
+            raise ValueError(f"an in-memory image has one level; got level {level}")
+        return self.image[y0:y1, x0:x1]
+
+
+def refocus_array(
+    image: np.ndarray,
+    model: str | os.PathLike | SessionSpec,
+    *,
+    stats: NormStats,
+    model_channels: int | None = None,
+    tile: int | None = 512,
+    halo: int = 0,
+    overlap: int = 0,
+    dtype: np.dtype | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+) -> np.ndarray:
+    """Refocus an in-memory image: normalise, window, run, blend, denormalise (no Dask).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(Y, X, C)`` pixels.
+    model : path or SessionSpec
+        The ONNX model (a path is run with ``device`` and ``threads``).
+    stats : NormStats
+        Normalisation (``NormStats.identity(C)`` for values already in model space).
+    model_channels : int, optional
+        Channels the model takes (1 = run each channel alone); default ``C``.
+    tile : int or None
+        Window size; ``None`` runs the model once on the whole image as it is
+        (no padding: its sides must suit the model).
+    halo, overlap : int
+        As in :class:`~wsi_deepr.tiling.geometry.TileGrid` (with ``tile``).
+    dtype : numpy.dtype, optional
+        Output type (integers rounded and clipped); default float32.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Y, X, C)``, the same pixels a slide of this image would get with
+        the same windows and statistics.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Y, X, C), got shape {image.shape}")
+    session = model if isinstance(model, SessionSpec) else SessionSpec(os.fspath(model), device, threads)
+    channels = image.shape[2] if model_channels is None else int(model_channels)
+    h, w, c = image.shape
+    if tile is None:
+        normed = _normalize_chw(image, stats)[None]
+        out = run_model(session, normed, model_channels=channels)[0]
+        return assemble((0, 0, h, w), [Canvas((0, 0, h, w), out)], stats=stats, dtype=dtype, n_channels=c)
+    grid = TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)
+    reader = ArrayReader(image)
+    rows = [infer_windows(reader, 0, grid, iy, 0, grid.grid_shape[1], session=session, stats=stats,
+                          model_channels=channels) for iy in range(grid.grid_shape[0])]
+    return assemble((0, 0, h, w), rows, stats=stats, dtype=dtype, n_channels=c)

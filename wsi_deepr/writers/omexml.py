@@ -1,4 +1,4 @@
-"""OME-XML for the single-file OME-TIFFs written by :mod:`wsi_deepr.io.ometiff`.
+"""OME-XML for the single-file OME-TIFFs written by :mod:`wsi_deepr.writers.ometiff`.
 
 Only what wsi-deepr writes is modelled: a few Images, each one plane per channel
 (or one interleaved RGB plane) stored in consecutive top-level IFDs, with the

@@ -3,7 +3,7 @@
 Most of a brightfield whole-slide image is empty glass.  Refocusing it costs
 as much as refocusing tissue and changes nothing worth having, so by default
 windows whose whole read area (core and halo) holds no tissue are passed
-through unchanged (:func:`wsi_deepr.compute.infer_windows` with ``skip``).
+through unchanged (:func:`wsi_deepr.inference.kernel.infer_windows` with ``skip``).
 
 Tissue is found on a low-resolution thumbnail by optical density, the
 standard brightfield background test (as in Macenko stain normalisation):
@@ -15,7 +15,7 @@ certainly empty).  The mask is then grown by ``dilate`` thumbnail pixels, so
 faint tissue edges lost to the thumbnail's averaging keep their windows.
 
 Everything here is pure numpy on arrays; reading the thumbnail is the
-caller's business (:func:`wsi_deepr.api.plan_refocus`).
+caller's business (:func:`wsi_deepr.tiling.plan.plan_refocus`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .geometry import TileGrid
+from wsi_deepr.tiling.geometry import TileGrid
 
 __all__ = ["OD_THRESHOLD", "BackgroundMask", "glass_level", "tissue_mask", "window_skip_mask"]
 

@@ -8,7 +8,7 @@
 * :class:`SessionPlugin` — a ``WorkerPlugin`` that creates the one ONNX
   Runtime session of each worker process when the worker joins (or when the
   plugin is registered).  Tasks carry only a
-  :class:`~wsi_deepr.inference.SessionSpec` (the model *path*, device, threads)
+  :class:`~wsi_deepr.inference.session.SessionSpec` (the model *path*, device, threads)
   and look the session up in the process cache: the model is never shipped
   with a task.
 * GPU clusters declare ``resources={"GPU": 1}`` per worker (one worker per
@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import Self
 
-from .inference import SessionSpec, get_session
+from wsi_deepr.inference.session import SessionSpec, get_session
 
 __all__ = [
     "IN_PROCESS_MAX_CORES", "ClusterClient", "SessionPlugin", "cluster_size", "describe", "gpu_resources",
@@ -37,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-try:  # distributed is a dependency, but keep ``import wsi_deepr.cluster`` light when it is broken
+try:  # distributed is a dependency, but keep ``import wsi_deepr.parallel.cluster`` light when it is broken
     from distributed.diagnostics.plugin import WorkerPlugin
 except ImportError:  # pragma: no cover
     WorkerPlugin = object  # type: ignore[misc,assignment]
@@ -69,9 +69,7 @@ def cluster_size(workers: int | None = None, threads_per_worker: int | None = No
 #: up to this many cores, a LocalCluster sized by default is one worker in this
 #: process with a thread per core: worker processes split the cores without
 #: sharing the ONNX Runtime session or the slide handle, balance poorly over few
-#: tasks and pay transfers (measured on 2 cores, one process per core was
-#: 1.11-1.25x slower end to end: ``benchmarks/installed_models.py --schedulers
-#: threads local local-processes``)
+#: tasks and pay transfers (the README's ``--scheduler`` row has the measurement)
 IN_PROCESS_MAX_CORES = 4
 
 
@@ -109,8 +107,7 @@ def _worker_environ() -> dict:
     ``MALLOC_ARENA_MAX=2`` as :func:`wsi_deepr.cli.common.limit_malloc_arenas`
     does for the CLI process; and without distributed's default
     ``MALLOC_TRIM_THRESHOLD_``, which freezes glibc's mmap threshold so that
-    every tile-sized array is mapped, faulted in and unmapped anew (measured:
-    twice the system time per window).
+    every tile-sized array is mapped, faulted in and unmapped anew.
     """
     import dask
 
@@ -121,33 +118,33 @@ def _worker_environ() -> dict:
 
 
 class SessionPlugin(WorkerPlugin):
-    """Create the ONNX Runtime session of ``spec`` once in each worker process.
+    """Create the ONNX Runtime session of ``session`` once in each worker process.
 
     The session lives in :mod:`wsi_deepr.inference`'s per-process cache, the
     one the inference tasks use, so they never create another.  Registered
-    under a name derived from ``spec`` (idempotent): registering it again
+    under a name derived from ``session`` (idempotent): registering it again
     for the next slide with the same model costs nothing.
     """
 
     idempotent = True
 
-    def __init__(self, spec: SessionSpec) -> None:
-        self.spec = spec
-        self.name = plugin_name(spec)
+    def __init__(self, session: SessionSpec) -> None:
+        self.session = session
+        self.name = plugin_name(session)
 
     async def setup(self, worker) -> None:  # runs in the worker process
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, get_session, self.spec)  # off the event loop
+        await loop.run_in_executor(None, get_session, self.session)  # off the event loop
 
 
-def plugin_name(spec: SessionSpec) -> str:
-    """Plugin name for ``spec``: one session plugin per distinct spec."""
-    return "wsi-deepr-session-" + hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
+def plugin_name(session: SessionSpec) -> str:
+    """Plugin name for ``session``: one session plugin per distinct session."""
+    return "wsi-deepr-session-" + hashlib.sha1(repr(session).encode()).hexdigest()[:12]
 
 
-def register_session(client, spec: SessionSpec) -> None:
-    """Make every worker of ``client`` (present and future) hold the session of ``spec``."""
-    client.register_plugin(SessionPlugin(spec))
+def register_session(client, session: SessionSpec) -> None:
+    """Make every worker of ``client`` (present and future) hold ``session``."""
+    client.register_plugin(SessionPlugin(session))
 
 
 def gpu_resources(client) -> bool:

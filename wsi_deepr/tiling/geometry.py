@@ -24,7 +24,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import TilingError
+from wsi_deepr.errors import TilingError
 
 __all__ = [
     "AxisTiling",

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
-from .slide import Modality, Slide
+from wsi_deepr.errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
+from wsi_deepr.readers.slide import Modality, Slide
 
 __all__ = ["SUPPORTED_FORMATS", "open_slide"]
 
@@ -166,11 +166,11 @@ def open_slide(
     if head[:4] in _TIFF_MAGIC:
         _check_tiff_complete(p)
     if _choose_backend(p, head, backend) == "tifffile":
-        from .tiff_backend import open_tiff_slide
+        from wsi_deepr.readers.tiff_backend import open_tiff_slide
 
         slide = open_tiff_slide(p, tile=tile)
     else:
-        from .openslide_backend import open_openslide_slide
+        from wsi_deepr.readers.openslide_backend import open_openslide_slide
 
         slide = open_openslide_slide(p, tile=tile)
     logger.debug("opened %s with %s as %s", p, slide.backend, slide.format)
@@ -187,7 +187,7 @@ def _check_tiff_complete(path: Path) -> None:
     """
     import tifffile
 
-    from .tiff_backend import quiet_tifffile
+    from wsi_deepr.readers.tiff_backend import quiet_tifffile
 
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .open import open_slide
-from .slide import Modality, RegionReader, Slide, level_array
+from wsi_deepr.readers.open import open_slide
+from wsi_deepr.readers.slide import Modality, RegionReader, Slide, level_array
 
 __all__ = ["Modality", "RegionReader", "Slide", "level_array", "open_slide"]

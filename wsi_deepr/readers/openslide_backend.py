@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptSlideError, UnsupportedFormatError
-from ._handles import HandleCache
-from .slide import Modality, Slide
+from wsi_deepr.errors import CorruptSlideError, UnsupportedFormatError
+from wsi_deepr.readers._handles import HandleCache
+from wsi_deepr.readers.slide import Modality, Slide
 
 __all__ = ["OpenSlideRegionReader", "clear_cache", "open_openslide_slide", "rgba_to_rgb"]
 

@@ -1,0 +1,1 @@
+"""Run safety: the output lock, the resumable scratch store, and the provenance record."""

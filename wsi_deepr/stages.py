@@ -1,0 +1,331 @@
+"""The stages of one refocusing run, in the order :func:`wsi_deepr.api.refocus` runs them.
+
+1. :func:`prepare` — open the slide, check the output path, resolve the
+   model, and check every option against them (channels, the halo against the
+   window size, JPEG for a non-RGB slide, the scheduler's name).  Cheap: no
+   model session, no lock, no scratch.  Gives a :class:`Job`.
+2. the output lock is taken, and :func:`claim` tidies what a killed run of the
+   same output left;
+3. :func:`connect` — where the model runs: the scheduler or cluster client,
+   the ONNX Runtime session (checked here: ``--device cuda`` fails at once),
+   the execution provider and the worker resources.  Gives a :class:`Link`;
+4. :func:`plan` — the slide statistics and the windows to pass through, into
+   the :class:`~wsi_deepr.tiling.plan.RefocusPlan`;
+5. :func:`open_run_scratch` — the resumable scratch store, keyed by its
+   fingerprint (:mod:`wsi_deepr.runsafe.resume`);
+6. :func:`infer` — the Dask graph computes the refocused level into the scratch
+   (:mod:`wsi_deepr.parallel.graph`);
+7. :func:`pyramid` — the reduced levels (:mod:`wsi_deepr.imaging.pyramid`);
+8. :func:`record` — the provenance (:mod:`wsi_deepr.runsafe.provenance`);
+9. :func:`write` — the OME-TIFF (:mod:`wsi_deepr.writers.ometiff`), then
+   :func:`finish`: the sidecar, and the scratch removed.
+
+:class:`StageTimer` times the stages; :class:`RunHooks` reports progress and
+holds the crash points the kill-9 tests use (``WSI_DEEPR_CRASH_AT``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wsi_deepr.errors import OutputExistsError
+from wsi_deepr.inference.card import ModelInfo
+from wsi_deepr.inference.registry import resolve_model
+from wsi_deepr.inference.session import SessionSpec, active_provider, get_session, providers_for
+from wsi_deepr.options import RefocusOptions
+from wsi_deepr.readers import open_slide
+from wsi_deepr.readers.slide import Modality, Slide
+from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_path, to_annotations, write_sidecar
+from wsi_deepr.runsafe.resume import (
+    Scratch,
+    crash_point,
+    input_identity,
+    open_scratch,
+    scratch_arrays,
+    scratch_fingerprint,
+    scratch_path,
+)
+from wsi_deepr.tiling.plan import Geometry, RefocusPlan, build_plan, choose_geometry, detects_background, output_mpp
+from wsi_deepr.writers.atomic import temporaries
+from wsi_deepr.writers.ometiff import check_compression
+from wsi_deepr.writers.paths import check_output, default_output_path
+
+__all__ = [
+    "LOCAL_SCHEDULERS", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect", "finish",
+    "infer", "open_run_scratch", "plan", "prepare", "pyramid", "record", "write",
+]
+
+log = logging.getLogger(__name__)
+
+#: names of Dask's local schedulers accepted for ``scheduler``
+LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
+
+
+class StageTimer:
+    """Seconds spent in each named stage, counted from the run's start."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as stage ``name``."""
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t
+
+    def since_start(self, name: str) -> None:
+        """Record the time from the run's start as ``name`` (``prepare``, ``total``)."""
+        self.seconds[name] = time.perf_counter() - self.start
+
+
+@dataclass
+class RunHooks:
+    """Progress reports and crash points of one run.
+
+    ``progress(done, total)`` is called in model windows as their output is
+    stored (a resumed run starts at the windows already done).  The other
+    methods are called by the stages as they advance; each is a crash point
+    of :func:`wsi_deepr.runsafe.resume.crash_point`.
+    """
+
+    progress: Callable[[int, int], None] | None = None
+    total: int = 0
+    done: int = 0
+    blocks: int = 0
+    bands: int = 0
+    tiles: int = 0
+
+    def begin(self, *, total: int, done: int, blocks: int) -> None:
+        """The run's size and what an earlier run finished."""
+        self.total, self.done, self.blocks = total, done, blocks
+        if self.progress is not None and done:
+            self.progress(done, total)
+
+    def block_stored(self, windows: int) -> None:
+        """A block of ``windows`` windows is in the scratch."""
+        self.done += windows
+        self.blocks += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        crash_point("blocks", self.blocks)
+
+    def band_reduced(self, level: int, rows: int) -> None:
+        """A band of a reduced pyramid level is written."""
+        self.bands += 1
+        crash_point("pyramid", self.bands)
+
+    def tiles_written(self, count: int) -> None:
+        """``count`` level-0 tiles of the output file are written."""
+        self.tiles += count
+        crash_point("write", self.tiles)
+
+    @staticmethod
+    def reached(stage: str) -> None:
+        """The run reached ``stage`` (``prepared``, ``stored``, ``written``)."""
+        crash_point(stage)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What :func:`prepare` found: the slide, the output, the model and the geometry."""
+
+    slide_path: Path
+    slide: Slide
+    output: Path
+    model: ModelInfo
+    geometry: Geometry
+    workers: int
+
+    @property
+    def rgb(self) -> bool:
+        """Whether the output is brightfield RGB (JPEG by default)."""
+        s = self.slide
+        return s.modality is Modality.BRIGHTFIELD and s.n_channels == 3 and np.dtype(s.dtype) == np.uint8
+
+
+@dataclass(frozen=True)
+class Link:
+    """What :func:`connect` set up: where the model runs."""
+
+    client: object | None
+    scheduler: str
+    session: SessionSpec
+    provider: str
+    resources: dict[str, float] | None
+    info: dict = field(default_factory=dict)
+
+
+def check_scheduler(scheduler: object) -> None:
+    """Raise ``ValueError`` unless ``scheduler`` is a local scheduler name, a client or a client factory."""
+    if isinstance(scheduler, str):
+        if scheduler not in LOCAL_SCHEDULERS:
+            raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable "
+                             f"returning one, got {scheduler!r}")
+    elif not (callable(scheduler) or (hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"))):
+        raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable, "
+                         f"got {scheduler!r}")
+
+
+def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, options: RefocusOptions, *,
+            scheduler: object = "threads") -> Job:
+    """Open the slide, check the output and every option against the slide and the model.
+
+    Raises
+    ------
+    WsiDeeprError
+        Bad input, output or model (the subclass says which), or an option
+        the slide or model rules out.
+    ValueError
+        A bad scheduler.
+    """
+    slide_path = Path(slide_path)
+    slide = open_slide(slide_path, modality=options.modality)
+    out = Path(output) if output is not None else default_output_path(slide_path)
+    check_output(out, overwrite=options.overwrite, source=slide_path)
+    model = resolve_model(options.model, modality=slide.modality)
+    check_scheduler(scheduler)
+    providers_for(options.device)  # no CUDA provider at all: fails here, before any lock
+    detects_background(options.background, slide)
+    workers = max(1, int(options.workers or os.cpu_count() or 1))
+    geometry = choose_geometry(slide, model, device=options.device, tile=options.tile, halo=options.halo,
+                               overlap=options.overlap, batch=options.batch, parallel=workers, scale=options.scale)
+    job = Job(slide_path, slide, out, model, geometry, workers)
+    check_compression(options.compression, rgb=job.rgb, quality=options.jpeg_quality)
+    return job
+
+
+def claim(job: Job, options: RefocusOptions) -> None:
+    """Under the output's lock: stop if another job finished it meanwhile; drop a killed run's temporaries."""
+    if job.output.exists() and not options.overwrite:
+        raise OutputExistsError(f"output {job.output} exists; pass --overwrite to replace it")
+    for tmp in temporaries(job.output) + temporaries(sidecar_path(job.output)):
+        log.info("removing %s left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def connect(job: Job, options: RefocusOptions, scheduler: object) -> Link:
+    """Start (or attach to) the scheduler and the model session; find the provider and resources."""
+    from wsi_deepr.parallel import cluster as clusters
+
+    model_path = str(job.model.path)
+    if isinstance(scheduler, str):
+        session = SessionSpec(model_path, options.device, max(1, (os.cpu_count() or 1) // job.workers))
+        get_session(session)  # fail fast: the provider starts, the model loads
+        return Link(None, scheduler, session, active_provider(session), None,
+                    {"kind": scheduler, "workers": job.workers})
+    client = scheduler if hasattr(scheduler, "dashboard_link") else scheduler()  # a lazy client factory
+    info = {"kind": "distributed", **clusters.describe(client)}
+    session = SessionSpec(model_path, options.device, clusters.threads_per_task(client))
+    resources = {"GPU": 1} if options.device != "cpu" and clusters.gpu_resources(client) else None
+    clusters.register_session(client, session)  # one session per worker, checked there
+    provider = client.submit(active_provider, session, pure=False, resources=resources).result()
+    if provider != "CUDAExecutionProvider":
+        resources = None
+    return Link(client, "distributed", session, provider, resources, info)
+
+
+def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | None = None) -> RefocusPlan:
+    """The slide statistics and the windows passed through, with the session: the run's plan."""
+    return build_plan(job.slide, job.model, job.geometry, session=link.session, skip=skip,
+                      background=options.background)
+
+
+def open_run_scratch(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *,
+                     identity: dict) -> Scratch:
+    """The scratch store of this output, resumed when its fingerprint matches (and ``options.resume``)."""
+    arrays = scratch_arrays(plan, job.slide.dtype)
+    fingerprint = scratch_fingerprint(plan, identity=identity, model_sha256=job.model.sha256,
+                                      provider=link.provider, dtype=job.slide.dtype, arrays=arrays)
+    scratch = open_scratch(scratch_path(job.output), fingerprint, arrays, resume=options.resume)
+    nby, nbx = plan.block_grid
+    log.info("%s: %d windows of %d px (halo %d, overlap %d) with %s on %s%s", job.slide_path,
+             plan.grid.n_windows, plan.grid.tile, plan.grid.halo, plan.grid.overlap, job.model.name,
+             link.provider, f"; resuming, {len(scratch.done)} of {nby * nbx} blocks done" if scratch.done else "")
+    return scratch
+
+
+def infer(plan: RefocusPlan, scratch: Scratch, link: Link, hooks: RunHooks, *, workers: int) -> None:
+    """Compute every block not done yet into the scratch; mark the reduced levels complete."""
+    from wsi_deepr.parallel.graph import store_to_zarr
+
+    done = sum(plan.windows_in_block(by, bx) for by, bx in scratch.done)
+    hooks.begin(total=plan.grid.n_windows, done=done, blocks=len(scratch.done))
+    store_to_zarr(plan, scratch.base, reduced=scratch.reduced, done=scratch.is_done, mark=scratch.markers,
+                  scheduler=link.client or link.scheduler, num_workers=workers, progress=hooks.block_stored,
+                  infer_resources=link.resources)
+    for array in scratch.reduced:  # build_pyramid reuses complete levels
+        array.attrs["complete"] = True
+
+
+def pyramid(scratch: Scratch, hooks: RunHooks) -> list:
+    """All pyramid levels, the deeper ones built from the scratch in bands."""
+    from wsi_deepr.imaging.pyramid import build_pyramid
+
+    return build_pyramid(scratch.base, scratch.group, progress=hooks.band_reduced)
+
+
+def parameters(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions) -> dict:
+    """The run's parameters as recorded in the provenance and the result."""
+    return {
+        "tile": plan.grid.tile, "halo": plan.grid.halo, "overlap": plan.grid.overlap, "batch": plan.batch,
+        "device": options.device, "modality": job.slide.modality.value, "level": plan.scale.level,
+        "jpeg_quality": options.jpeg_quality, "compression": options.compression,
+        "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,
+        "workers": job.workers if link.client is None else link.info.get("threads"),
+        "intra_op_threads": plan.session.intra_op_threads, "resume": options.resume, "scale": options.scale,
+        "background": options.background,
+    }
+
+
+def record(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *, identity: dict,
+           checksum: Checksum, scratch: Scratch, started: str, timer: StageTimer) -> dict:
+    """The provenance record (the input's SHA-256 is awaited here)."""
+    sha256, timer.seconds["checksum"] = checksum.result()
+    return provenance_record(
+        slide=job.slide, slide_path=job.slide_path, identity=identity, sha256=sha256, model=job.model,
+        provider=link.provider, parameters=parameters(job, plan, link, options), plan=plan,
+        output_mpp=output_mpp(job.slide, plan.scale), scheduler=link.info, resumed_blocks=len(scratch.done),
+        started=started, timings=timer.seconds,
+    )
+
+
+def write(job: Job, levels: list, provenance: dict, options: RefocusOptions, hooks: RunHooks) -> None:
+    """The pyramidal OME-TIFF, with the associated images and the provenance in its OME-XML."""
+    from wsi_deepr.writers.ometiff import write_ome_tiff
+
+    associated = {}
+    for name, load in job.slide.associated.items():
+        try:
+            associated[name] = load()
+        except Exception as exc:  # an unreadable label must not sink the slide
+            log.warning("%s: associated image %r not carried over: %s", job.slide_path, name, exc)
+    mpp = provenance["output_mpp"]
+    write_ome_tiff(
+        job.output, levels, mpp=tuple(mpp) if mpp else None, channel_names=job.slide.channel_names, rgb=job.rgb,
+        compression=options.compression, jpeg_quality=options.jpeg_quality, associated=associated,
+        annotations=to_annotations(provenance), name=job.slide_path.name, overwrite=options.overwrite,
+        progress=hooks.tiles_written,
+    )
+
+
+def finish(job: Job, provenance: dict, scratch: Scratch, timer: StageTimer) -> Path:
+    """Complete the record (timings, finish time, output), write the sidecar, remove the scratch."""
+    from wsi_deepr.runsafe.provenance import stamp
+
+    timer.since_start("total")
+    provenance["timings"] = {k: round(v, 3) for k, v in timer.seconds.items()}
+    provenance["finished"] = stamp()
+    provenance["output"] = str(job.output.resolve())
+    sidecar = write_sidecar(job.output, provenance)
+    scratch.remove()  # only now: the output is in place
+    return sidecar
