@@ -2,7 +2,8 @@
 
 :func:`plan_batch` turns inputs (files, folders) or a CSV manifest into
 ``(input, output)`` pairs; :func:`run_batch` refocuses them one after another
-with :func:`wsi_deepr.api.refocus` (each slide parallel on the scheduler
+with :func:`wsi_deepr.api.refocus_with` and one
+:class:`~wsi_deepr.options.RefocusOptions` (each slide parallel on the scheduler
 given, typically one Dask cluster for the whole batch) and:
 
 * never lets one slide stop the others: any error is caught, recorded and
@@ -32,9 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wsi_deepr._version import __version__
-from wsi_deepr.writers.paths import default_output_path
-from wsi_deepr.api import refocus
+from wsi_deepr.api import refocus_with
 from wsi_deepr.errors import OutputLockedError, WsiDeeprError
+from wsi_deepr.options import RefocusOptions
+from wsi_deepr.writers.atomic import atomic_write_text
+from wsi_deepr.writers.paths import default_output_path
 
 __all__ = ["BatchItem", "ManifestError", "SlideReport", "collect_inputs", "plan_batch", "read_manifest", "run_batch",
            "write_report"]
@@ -213,12 +216,14 @@ def _tidy_finished(item: BatchItem, report: SlideReport) -> None:
 def run_batch(
     items: Sequence[BatchItem],
     *,
-    overwrite: bool = False,
+    options: RefocusOptions | None = None,
+    scheduler: str | object = "threads",
+    overwrite: bool | None = None,
     report: str | os.PathLike | None = None,
     on_start: Callable[[int, BatchItem], None] | None = None,
     on_done: Callable[[int, SlideReport], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    **options,
+    **option_values,
 ) -> list[SlideReport]:
     """Refocus every item; return one :class:`SlideReport` per item, in order.
 
@@ -226,8 +231,15 @@ def run_batch(
     ----------
     items : sequence of BatchItem
         From :func:`plan_batch`.
-    overwrite : bool
-        Redo slides whose output exists (default: skip them).
+    options : RefocusOptions, optional
+        The refocus options of every slide (default: the defaults); a
+        manifest's per-slide columns override them for that slide.
+    scheduler : str, distributed.Client or callable
+        Where the slides run (see :func:`wsi_deepr.api.refocus`); typically
+        one cluster for the whole batch.
+    overwrite : bool, optional
+        Redo slides whose output exists (default: skip them); overrides
+        ``options.overwrite``.
     report : path, optional
         ``<report>.csv`` (and ``<report>.json`` beside it) rewritten after
         every slide.
@@ -236,12 +248,18 @@ def run_batch(
         after it (the CLI prints there).
     progress : callable, optional
         Passed to :func:`~wsi_deepr.api.refocus` for each slide.
-    **options
-        Passed to :func:`~wsi_deepr.api.refocus` (``model``, ``device``,
-        ``tile``, ``scheduler``, ``resume``, ...); a manifest's per-slide
-        ``model``/``modality`` take precedence.
+    **option_values
+        Single options by name (``model=``, ``device=``, ``tile=``, ...),
+        applied over ``options``.
+
+    Raises
+    ------
+    OptionError
+        A bad option value (before any slide is started).
     """
-    reports: list[SlideReport] = []
+    options = (options or RefocusOptions()).replace(**option_values)
+    if overwrite is not None:
+        options = options.replace(overwrite=overwrite)
     started = time.time()
     pending = [SlideReport(str(i.input), str(i.output), "pending") for i in items]
     for index, item in enumerate(items):
@@ -249,40 +267,36 @@ def run_batch(
             on_start(index, item)
         entry = pending[index]
         t0 = time.perf_counter()
-        if item.error:
-            entry.status, entry.error = "failed", item.error
-        elif item.output.exists() and not overwrite:
-            entry.status = "skipped"
-            _tidy_finished(item, entry)
-        else:
-            try:
-                result = refocus(item.input, item.output, overwrite=overwrite, progress=progress,
-                                 **{**options, **item.options})
-            except Exception as exc:  # one slide never stops the batch
-                if not isinstance(exc, WsiDeeprError):
-                    log.debug("%s failed", item.input, exc_info=True)
-                entry.status, entry.error = "failed", _one_line(exc)
-            else:
-                entry.status = "done"
-                entry.tiles, entry.resumed_blocks = result.windows, result.resumed_blocks
-                entry.model, entry.provider = result.model, result.provider
+        _run_one(item, entry, options, scheduler=scheduler, progress=progress)
         entry.seconds = round(time.perf_counter() - t0, 3)
-        reports.append(entry)
         if report is not None:
             write_report(pending, report, started=started)
         if on_done is not None:
             on_done(index, entry)
-    return reports
+    return pending
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _run_one(item: BatchItem, entry: SlideReport, options: RefocusOptions, *, scheduler: object,
+             progress: Callable[[int, int], None] | None) -> None:
+    """Refocus, skip or fail one slide; fill in ``entry``."""
+    if item.error:
+        entry.status, entry.error = "failed", item.error
+        return
+    if item.output.exists() and not options.overwrite:
+        entry.status = "skipped"
+        _tidy_finished(item, entry)
+        return
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        result = refocus_with(item.input, item.output, options.with_overrides(item.options), scheduler=scheduler,
+                              progress=progress)
+    except Exception as exc:  # one slide never stops the batch
+        if not isinstance(exc, WsiDeeprError):
+            log.debug("%s failed", item.input, exc_info=True)
+        entry.status, entry.error = "failed", _one_line(exc)
+        return
+    entry.status = "done"
+    entry.tiles, entry.resumed_blocks = result.windows, result.resumed_blocks
+    entry.model, entry.provider = result.model, result.provider
 
 
 def write_report(reports: Sequence[SlideReport], path: str | os.PathLike, *,
@@ -300,7 +314,7 @@ def write_report(reports: Sequence[SlideReport], path: str | os.PathLike, *,
     writer.writeheader()
     for r in reports:
         writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
-    _atomic_write(csv_path, buffer.getvalue())
+    atomic_write_text(csv_path, buffer.getvalue())
     counts: dict[str, int] = {}
     for r in reports:
         counts[r.status] = counts.get(r.status, 0) + 1
@@ -310,5 +324,5 @@ def write_report(reports: Sequence[SlideReport], path: str | os.PathLike, *,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "counts": counts,
         "slides": [asdict(r) for r in reports],
     }
-    _atomic_write(json_path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
     return csv_path, json_path

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_deepr.errors import OutputExistsError
+from wsi_deepr.errors import OptionError, OutputExistsError
 from wsi_deepr.inference.card import ModelInfo
 from wsi_deepr.inference.registry import resolve_model
 from wsi_deepr.inference.session import SessionSpec, active_provider, get_session, providers_for
@@ -166,14 +166,14 @@ class Link:
 
 
 def check_scheduler(scheduler: object) -> None:
-    """Raise ``ValueError`` unless ``scheduler`` is a local scheduler name, a client or a client factory."""
+    """Raise :class:`OptionError` unless ``scheduler`` is a local scheduler name, a client or a client factory."""
     if isinstance(scheduler, str):
         if scheduler not in LOCAL_SCHEDULERS:
-            raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable "
-                             f"returning one, got {scheduler!r}")
+            raise OptionError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable "
+                              f"returning one, got {scheduler!r}")
     elif not (callable(scheduler) or (hasattr(scheduler, "get") and hasattr(scheduler, "dashboard_link"))):
-        raise ValueError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable, "
-                         f"got {scheduler!r}")
+        raise OptionError(f"scheduler must be 'threads', 'sync', a distributed.Client or a callable, "
+                          f"got {scheduler!r}")
 
 
 def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, options: RefocusOptions, *,
@@ -185,7 +185,7 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     WsiDeeprError
         Bad input, output or model (the subclass says which), or an option
         the slide or model rules out.
-    ValueError
+    OptionError
         A bad scheduler.
     """
     slide_path = Path(slide_path)

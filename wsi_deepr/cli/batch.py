@@ -15,6 +15,7 @@ from wsi_deepr.cli.common import (
     handle_errors,
     limit_malloc_arenas,
     make_scheduler,
+    options_from,
     refocus_options,
     verbosity_options,
 )
@@ -39,11 +40,8 @@ EXIT_FAILED = 1
 @verbosity_options
 @handle_errors
 def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, recursive: bool, report: Path | None,
-          model: str | None, modality: str, device: str, tile: int | str, halo: int | None, overlap: int | None,
-          batch: int | None, scale: str, background: str, jpeg_quality: int, overwrite: bool, no_resume: bool,
-          scheduler: str,
-          workers: int | None, threads_per_worker: int | None, dashboard_address: str, verbose: int,
-          quiet: bool) -> None:
+          scheduler: str, workers: int | None, threads_per_worker: int | None, dashboard_address: str, verbose: int,
+          quiet: bool, **params) -> None:
     """Refocus many slides: files, folders of slides, or a CSV manifest.
 
     Every slide is attempted; a failing slide never stops the others.
@@ -57,6 +55,8 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
     from wsi_deepr.batch import plan_batch, run_batch
     from wsi_deepr.errors import OutputError
 
+    options = options_from(params)
+
     if not inputs and manifest is None:
         raise click.UsageError("give slides or folders as INPUTS, or --manifest FILE.csv")
     try:
@@ -69,8 +69,9 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
                           f".svs, .ndpi, .mrxs, .tif, ...")
     report = report or output_dir / time.strftime("wsi-deepr-batch-%Y%m%d-%H%M%S")
     target, cluster = make_scheduler(scheduler, workers=workers, threads_per_worker=threads_per_worker,
-                                     dashboard_address=dashboard_address, device=device, verbose=verbose,
+                                     dashboard_address=dashboard_address, device=options.device, verbose=verbose,
                                      quiet=quiet)
+    options = options.replace(workers=workers if cluster is None else None)
     bar = ProgressBar(quiet=quiet)
     width = len(str(len(items)))
 
@@ -90,12 +91,8 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
             click.echo(head + tail)
 
     try:
-        reports = run_batch(
-            items, overwrite=overwrite, report=report, on_start=on_start, on_done=on_done, progress=bar,
-            model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap, batch=batch,
-            workers=workers if cluster is None else None, scheduler=target, jpeg_quality=jpeg_quality,
-            resume=not no_resume, scale=scale, background=background,
-        )
+        reports = run_batch(items, options=options, scheduler=target, report=report, on_start=on_start,
+                            on_done=on_done, progress=bar)
     finally:
         bar.close()
         if cluster is not None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from wsi_deepr.errors import WsiDeeprError
+
+if TYPE_CHECKING:
+    from wsi_deepr.options import RefocusOptions
 
 log = logging.getLogger("wsi_deepr.cli")
 
@@ -113,44 +118,55 @@ class TileSize(click.ParamType):
         return px
 
 
+def _click_option(f: dataclasses.Field) -> Callable:
+    """The click option of one :class:`~wsi_deepr.options.RefocusOptions` field (from its metadata)."""
+    meta = f.metadata
+    name = meta.get("flag", "--" + f.name.replace("_", "-"))
+    kwargs: dict = {"help": meta["help"]}
+    kind = meta.get("kind")
+    if "choices" in meta:
+        kwargs.update(type=click.Choice(list(meta["choices"])), default=f.default, show_default=True)
+    elif kind == "tile":
+        kwargs.update(type=TileSize(), default=str(f.default), show_default=True)
+    elif kind == "count":
+        kwargs.update(type=click.IntRange(min=0), default=f.default)
+    elif kind == "positive":
+        kwargs.update(type=click.IntRange(min=1), default=f.default)
+    elif kind == "quality":
+        kwargs.update(type=click.IntRange(1, 100), default=f.default, show_default=True)
+    elif kind == "flag":
+        kwargs.update(is_flag=True)
+    else:
+        kwargs.update(default=f.default, metavar=meta.get("metavar"))
+    return click.option(name, **kwargs)
+
+
 def refocus_options(func: Callable) -> Callable:
-    """The model and tiling options shared by ``refocus`` and ``batch``."""
-    options = [
-        click.option("--model", default=None, metavar="NAME|PATH",
-                     help="Installed model name or .onnx path [default: the default model for the modality]."),
-        click.option("--modality", type=click.Choice(["auto", "brightfield", "fluorescence"]), default="auto",
-                     show_default=True, help="Override the detected modality."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="ONNX Runtime execution provider; 'cuda' fails if CUDA is not usable."),
-        click.option("--tile", type=TileSize(), default="512", show_default=True,
-                     help="Model window size in pixels, or 'auto': the size from 512 to 1536 that runs the "
-                          "model on the fewest pixels for the slide (faster with a wide halo on large slides, "
-                          "about 3x the memory)."),
-        click.option("--halo", type=click.IntRange(min=0), default=None,
-                     help="Context pixels cropped from each window side [default: from the model card]."),
-        click.option("--overlap", type=click.IntRange(min=0), default=None,
-                     help="Feathered overlap between windows [default: 16, or the halo if smaller]."),
-        click.option("--batch", type=click.IntRange(min=1), default=None,
-                     help="Windows per inference task [default: 2 on CPU, 8 on CUDA, for 512-px windows; "
-                          "as many pixels per task for larger ones]."),
-        click.option("--scale", type=click.Choice(["auto", "native"]), default="auto", show_default=True,
-                     help="'auto': refocus at the model's training pixel size (a finer slide's matching "
-                          "pyramid level, or an area-mean reduction; the output is written at that size). "
-                          "'native': always full resolution."),
-        click.option("--background", type=click.Choice(["auto", "skip", "process"]), default="auto",
-                     show_default=True,
-                     help="'skip': pass windows of blank glass through unchanged (tissue found by optical "
-                          "density on a thumbnail); 'process': refocus every window; 'auto': skip on "
-                          "brightfield slides, process fluorescence."),
-        click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True,
-                     help="JPEG quality of brightfield RGB output."),
-        click.option("--overwrite", is_flag=True, help="Replace outputs that exist."),
-        click.option("--no-resume", is_flag=True,
-                     help="Discard the scratch of an interrupted run instead of resuming from it."),
-    ]
-    for option in reversed(options):
-        func = option(func)
+    """The options shared by ``refocus`` and ``batch``, generated from :class:`~wsi_deepr.options.RefocusOptions`.
+
+    The command receives them as keyword arguments; :func:`options_from` turns
+    them back into the options object.
+    """
+    from wsi_deepr.options import RefocusOptions
+
+    for f in reversed(dataclasses.fields(RefocusOptions)):
+        if f.metadata.get("cli", True):
+            func = _click_option(f)(func)
     return func
+
+
+def options_from(params: dict) -> RefocusOptions:
+    """Pop the refocus options out of a command's ``params`` into a :class:`~wsi_deepr.options.RefocusOptions`."""
+    from wsi_deepr.options import RefocusOptions
+
+    values = {}
+    for f in dataclasses.fields(RefocusOptions):
+        if not f.metadata.get("cli", True):
+            continue
+        key = f.metadata.get("flag", f.name).lstrip("-").replace("-", "_")
+        value = params.pop(key)
+        values[f.name] = (not value) if f.metadata.get("invert") else value
+    return RefocusOptions(**values)
 
 
 def cluster_options(func: Callable) -> Callable:

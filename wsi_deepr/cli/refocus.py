@@ -13,6 +13,7 @@ from wsi_deepr.cli.common import (
     handle_errors,
     limit_malloc_arenas,
     make_scheduler,
+    options_from,
     refocus_options,
     verbosity_options,
 )
@@ -26,11 +27,8 @@ from wsi_deepr.cli.common import (
 @cluster_options
 @verbosity_options
 @handle_errors
-def refocus(slide: Path, output: Path | None, model: str | None, modality: str, device: str, tile: int | str,
-            halo: int | None, overlap: int | None, batch: int | None, scale: str, background: str,
-            jpeg_quality: int,
-            overwrite: bool, no_resume: bool, scheduler: str, workers: int | None, threads_per_worker: int | None,
-            dashboard_address: str, verbose: int, quiet: bool) -> None:
+def refocus(slide: Path, output: Path | None, scheduler: str, workers: int | None, threads_per_worker: int | None,
+            dashboard_address: str, verbose: int, quiet: bool, **params) -> None:
     """Refocus SLIDE into a pyramidal OME-TIFF.
 
     Runs on a Dask LocalCluster by default (its dashboard link is printed).
@@ -39,19 +37,16 @@ def refocus(slide: Path, output: Path | None, model: str | None, modality: str, 
     """
     configure_logging(verbose, quiet)
     limit_malloc_arenas()
-    from wsi_deepr.api import refocus as run_refocus
+    from wsi_deepr.api import refocus_with
 
+    options = options_from(params)
     target, cluster = make_scheduler(scheduler, workers=workers, threads_per_worker=threads_per_worker,
-                                     dashboard_address=dashboard_address, device=device, verbose=verbose,
+                                     dashboard_address=dashboard_address, device=options.device, verbose=verbose,
                                      quiet=quiet)
+    options = options.replace(workers=workers if cluster is None else None)
     bar = ProgressBar(quiet=quiet)
     try:
-        result = run_refocus(
-            slide, output, model=model, modality=modality, device=device, tile=tile, halo=halo,
-            overlap=overlap, batch=batch, workers=workers if cluster is None else None, scheduler=target,
-            overwrite=overwrite, jpeg_quality=jpeg_quality, resume=not no_resume, scale=scale,
-            background=background, progress=bar,
-        )
+        result = refocus_with(slide, output, options, scheduler=target, progress=bar)
     finally:
         bar.close()
         if cluster is not None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from wsi_deepr._version import __version__
+from wsi_deepr.errors import OptionError
 from wsi_deepr.options import COMPRESSIONS
 from wsi_deepr.writers.atomic import atomic_file
 from wsi_deepr.writers.omexml import OmeImage, build_ome_xml, ome_pixel_type
@@ -149,22 +150,22 @@ def _resolution(
 
 
 def check_compression(compression: str, *, rgb: bool, quality: int) -> str:
-    """The compression to write (``"auto"`` resolved), or ``ValueError`` naming the bad value.
+    """The compression to write (``"auto"`` resolved), or :class:`OptionError` naming the bad value.
 
     JPEG is for brightfield RGB only (``rgb``); ``quality`` must be 1-100.
     """
     value = str(compression).lower()
     if value not in COMPRESSIONS:
-        raise ValueError(
+        raise OptionError(
             f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}"
         )
     if value == "auto":
         value = "jpeg" if rgb else "zlib"
     if value == "jpeg" and not rgb:
-        raise ValueError("compression='jpeg' is for brightfield RGB (8-bit, 3 channels) output only; "
+        raise OptionError("compression='jpeg' is for brightfield RGB (8-bit, 3 channels) output only; "
                          "use 'zlib' or 'zstd'")
     if not 1 <= int(quality) <= 100:
-        raise ValueError(f"jpeg_quality must be in 1-100, got {quality!r}")
+        raise OptionError(f"jpeg_quality must be in 1-100, got {quality!r}")
     return value
 
 
