@@ -4,11 +4,12 @@
 # On a GPU machine:
 #   1. makes a fresh venv, installs wsi-deepr from this checkout and
 #      onnxruntime-gpu (never next to onnxruntime);
-#   2. checks that `--device cuda` fails fast where CUDA is unusable
-#      (CUDA_VISIBLE_DEVICES="": exit status 2 in under 10 s);
-#   3. writes a synthetic tiled pyramidal 16384² RGB slide (tiles of
-#      CMU-1-Small-Region, or a texture when that slide is absent) and runs
-#      `wsi-deepr refocus --device cuda` on it and on every shared slide;
+#   2. writes a synthetic tiled pyramidal 16384² RGB slide (tiles of
+#      CMU-1-Small-Region, or a texture when that slide is absent);
+#   3. checks that `--device cuda` fails fast where CUDA is unusable
+#      (CUDA_VISIBLE_DEVICES="": exit status 2, about CUDA, in under 10 s);
+#      then runs `wsi-deepr refocus --device cuda` on the synthetic slide
+#      (--scale native --background process) and on every shared slide;
 #   4. times bare ONNX Runtime (session.run on batches of 512² windows of the
 #      same slide, normalised as refocus does) and reports s/Mpx end to end,
 #      s/Mpx of bare inference over the same windows, and their ratio.
@@ -117,25 +118,10 @@ model_args() {  # model_args SLIDE: the --model option for the slide's modality
     elif [[ $modality == fluorescence && -n "$FL_MODEL" ]]; then echo "--model $FL_MODEL"; fi
 }
 
-# --------------------------------------------------------- 2. fail fast without CUDA
-SMALL="$SLIDES/CMU-1-Small-Region.svs"
-FAST_RC=""; FAST_S=""; FAST_MSG=""
-if [[ -f "$SMALL" ]]; then
-    T0=$(now)
-    set +e
-    # shellcheck disable=SC2046
-    FAST_MSG=$(CUDA_VISIBLE_DEVICES="" timeout 60 "${WSI[@]}" refocus "$SMALL" $(model_args "$SMALL") \
-        -o "$WORK/out/nocuda.ome.tif" --device cuda --overwrite -q 2>&1)
-    FAST_RC=$?
-    set -e
-    FAST_S=$(since "$T0")
-    log "--device cuda without a usable GPU: exit $FAST_RC in ${FAST_S}s: ${FAST_MSG:0:200}"
-fi
-
-# ------------------------------------------------------------ 3. synthetic slide
+# ------------------------------------------------------------ 2. synthetic slide
 SYNTH="$WORK/synthetic_${SIZE}.ome.tif"
 T0=$(now)
-"$PY" - "$SYNTH" "$SIZE" "$SMALL" <<'PYEOF'
+"$PY" - "$SYNTH" "$SIZE" "$SLIDES/CMU-1-Small-Region.svs" <<'PYEOF'
 """Write a tiled pyramidal RGB OME-TIFF of size² from tiles of a real slide."""
 import sys
 from pathlib import Path
@@ -177,6 +163,20 @@ with tifffile.TiffWriter(out, bigtiff=True) as tif:
 print(f"{out.name}: {size}x{size}, {len(sizes)} levels, {out.stat().st_size / 2**20:.0f} MiB")
 PYEOF
 log "synthetic slide in $(since "$T0")s"
+
+# --------------------------------------------------------- 3. fail fast without CUDA
+FAST_RC=""; FAST_S=""; FAST_MSG=""
+if [[ -f "$SYNTH" ]]; then
+    T0=$(now)
+    set +e
+    # shellcheck disable=SC2046
+    FAST_MSG=$(CUDA_VISIBLE_DEVICES="" timeout 60 "${WSI[@]}" refocus "$SYNTH" $(model_args "$SYNTH") \
+        -o "$WORK/out/nocuda.ome.tif" --device cuda --overwrite -q 2>&1)
+    FAST_RC=$?
+    set -e
+    FAST_S=$(since "$T0")
+    log "--device cuda without a usable GPU: exit $FAST_RC in ${FAST_S}s: ${FAST_MSG:0:200}"
+fi
 
 # ------------------------------------------------------------- 4. end-to-end runs
 RUNS="$WORK/runs.jsonl"
