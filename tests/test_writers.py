@@ -25,7 +25,12 @@ from .conftest import shared_path
 from wsi_deepr.errors import OutputError, OutputExistsError
 from wsi_deepr.io.ometiff import level0_tile_count
 from wsi_deepr.pyramid import build_pyramid
-from wsi_deepr.writers.formats import OUTPUT_FORMATS, default_output_name, format_for
+from wsi_deepr.writers.formats import (
+    OUTPUT_FORMATS,
+    check_output_format,
+    default_output_name,
+    format_for,
+)
 from wsi_deepr.writers.generic_tiff import read_tiff_annotations, write_tiled_tiff
 from wsi_deepr.writers.omezarr import write_ome_zarr
 
@@ -153,6 +158,14 @@ def test_default_output_name() -> None:
         default_output_name("s", "png")
 
 
+def test_check_output_format_refuses_fluorescence_tiff_before_any_work() -> None:
+    assert check_output_format("a.tif", rgb=True) == "tiff"
+    assert check_output_format("a.tif", "ome-zarr", rgb=False) == "ome-zarr"
+    assert check_output_format("a.ome.tif", rgb=False) == "ome-tiff"
+    with pytest.raises(OutputError, match=r"a\.tif.*--format ome-tiff.*--format ome-zarr"):
+        check_output_format("a.tif", rgb=False)
+
+
 # --------------------------------------------------------- TIFF x OpenSlide
 
 
@@ -224,6 +237,21 @@ def test_tiff_default_jpeg_decodes_alike(
     assert np.abs(region[..., :3].astype(int) - decoded).max() <= 2
     mse = np.mean((decoded.astype(float) - source) ** 2)
     assert 10 * np.log10(255**2 / mse) > 30
+
+
+def test_tiff_without_pixel_size_or_thumbnail(tmp_path: Path) -> None:
+    import openslide
+
+    data = _rgb(600, 4400)  # last level 2200 px wide: too big for a derived thumbnail
+    levels = [data, data[::2, ::2].copy()]
+    path = write_tiled_tiff(tmp_path / "n.tif", levels, rgb=True, compression="lzw")
+    with openslide.OpenSlide(path) as slide:
+        assert slide.level_dimensions == ((4400, 600), (2200, 300))
+        assert "openslide.mpp-x" not in slide.properties
+        assert dict(slide.associated_images) == {}
+        region = np.asarray(slide.read_region((0, 0), 1, (2200, 300)))
+        np.testing.assert_array_equal(region[..., :3], levels[1])
+    assert read_tiff_annotations(path) == {}
 
 
 @pytest.mark.parametrize("fixture", ["vectra_levels", "fluo16_levels"])

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["OUTPUT_FORMATS", "SUFFIXES", "default_output_name", "format_for"]
+from wsi_deepr.errors import OutputError
+
+__all__ = [
+    "OUTPUT_FORMATS", "SUFFIXES", "check_output_format", "default_output_name", "format_for",
+]
 
 #: Output formats, in the order the CLI lists them.
 OUTPUT_FORMATS = ("ome-tiff", "tiff", "ome-zarr")
@@ -115,3 +119,44 @@ def default_output_name(stem: str, fmt: str) -> str:
     if not stem:
         raise ValueError("stem must not be empty")
     return f"{stem}{SUFFIXES[_check_format(fmt)][0]}"
+
+
+def check_output_format(
+    path: str | os.PathLike[str], fmt: str = "auto", *, rgb: bool
+) -> str:
+    """Return the format of ``path`` (as :func:`format_for`), refusing what it cannot hold.
+
+    Meant to be called before any pixel is computed, so that a run that could
+    not be written stops at once.  Only the OpenSlide TIFF is restricted: it
+    holds 8-bit RGB only (what OpenSlide decodes).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output path.
+    fmt : {"auto", "ome-tiff", "tiff", "ome-zarr"}, optional
+        Explicit format (``--format``).
+    rgb : bool
+        Whether the image is brightfield RGB (uint8, three samples).
+
+    Returns
+    -------
+    str
+        One of :data:`OUTPUT_FORMATS`.
+
+    Raises
+    ------
+    ValueError
+        As :func:`format_for`.
+    OutputError
+        If the format is ``"tiff"`` and ``rgb`` is false.
+    """
+    value = format_for(path, fmt)
+    if value == "tiff" and not rgb:
+        raise OutputError(
+            f"cannot write {os.fspath(path)} as an OpenSlide TIFF: OpenSlide reads "
+            f"8-bit RGB only and this image is not brightfield RGB; write an OME-TIFF "
+            f"(--format ome-tiff, -o *.ome.tif) or OME-Zarr (--format ome-zarr, "
+            f"-o *.ome.zarr) instead"
+        )
+    return value

@@ -312,9 +312,11 @@ def write_tiled_tiff(
         raise ValueError(f"tile must be a positive multiple of 16, got {tile!r}")
     mpp = _check_mpp(mpp)
     extra = _check_associated(associated)
-    _check_output(path, overwrite=overwrite)
     if channel_names and len(channel_names) not in (1, 3):
-        raise ValueError(f"channel_names for RGB must have 1 or 3 names, got {channel_names!r}")
+        raise ValueError(
+            f"channel_names for RGB must have 1 or 3 names, got {list(channel_names)!r}"
+        )
+    _check_output(path, overwrite=overwrite)
 
     base = tuple(int(v) for v in levels[0].shape)
     description = _level0_description(

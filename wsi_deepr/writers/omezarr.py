@@ -17,7 +17,9 @@ NGFF orders axes channel-before-space, whereas the scratch pyramid of
 be moved into place as they are: every level is copied in ONE streaming pass,
 one band of ``chunk`` rows at a time (read once, transposed, recompressed),
 peak memory ``O(width * chunk * C)``.  No level is recomputed from another: the
-reduced levels are the scratch pyramid's, read as they are.
+reduced levels are the scratch pyramid's, read as they are.  For fluorescence
+the smallest level (at most 1024 px a side in ``refocus``) is also read whole
+once, for the per-channel display windows (0.1 / 99.9 percentiles).
 
 The image is written into a hidden folder ``.<stem>.<random>.tmp`` beside the
 target and renamed at the end, so a failure never leaves a partial output
