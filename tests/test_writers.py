@@ -294,6 +294,17 @@ def test_bioformats_reads_tiff_pyramid(
     np.testing.assert_array_equal(decoded, np.asarray(rgb_levels[1][:]))
 
 
+@pytest.mark.bioformats
+def test_bioformats_decodes_default_jpeg_tiff(
+    tmp_path: Path, rgb_levels: list[zarr.Array]
+) -> None:
+    path = write_tiled_tiff(tmp_path / "j.tif", rgb_levels[:2], mpp=MPP, rgb=True)
+    with tifffile.TiffFile(path) as tif:
+        expected = tif.pages[2].asarray()  # level 1 (IFD 1 is the thumbnail)
+    decoded = _bfconvert(path, 1, tmp_path / "level1.tif")
+    assert np.abs(decoded.astype(int) - expected).max() <= 2  # right colours (YCbCr)
+
+
 # -------------------------------------------------------- OME-Zarr x ome-zarr
 
 
