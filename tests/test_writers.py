@@ -445,6 +445,7 @@ def test_existing_output_needs_overwrite(tmp_path: Path, fmt: str) -> None:
         target.write_bytes(b"keep me")
     else:
         target.mkdir()
+        (target / ".zgroup").write_text('{"zarr_format": 2}')
         (target / "old-chunk").write_bytes(b"keep me")
     levels = [_rgb(40, 50)]
     with pytest.raises(OutputExistsError, match="--overwrite") as info:
@@ -460,6 +461,17 @@ def test_existing_output_needs_overwrite(tmp_path: Path, fmt: str) -> None:
         np.testing.assert_array_equal(
             np.moveaxis(zarr.open_array(str(target / "0"), mode="r")[:], 0, -1), levels[0]
         )
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_zarr(tmp_path: Path) -> None:
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a zarr store") as info:
+        write_ome_zarr(target, [_rgb(40, 50)], rgb=True, overwrite=True)
+    assert str(target) in str(info.value)
+    assert (target / "precious.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "ome-zarr"])

@@ -102,6 +102,14 @@ def _check_output(path: Path, *, overwrite: bool) -> None:
         raise OutputExistsError(
             f"output {path} already exists: pass --overwrite to replace it"
         )
+    if path.is_dir() and not path.is_symlink() and not any(
+        (path / name).is_file() for name in (".zgroup", ".zarray", "zarr.json")
+    ):
+        # --overwrite deletes the old output: never a folder that is not a zarr.
+        raise OutputError(
+            f"output {path} is a folder that is not a zarr store; --overwrite "
+            f"replaces only a previous output: remove it yourself or choose another -o"
+        )
 
 
 def _channels(
@@ -274,7 +282,8 @@ def write_ome_zarr(
     chunk : int, optional
         Chunk edge in pixels (chunks are ``(1, chunk, chunk)``).
     overwrite : bool, optional
-        Replace an existing ``path`` (file or folder).
+        Replace an existing ``path``: a file, or a folder that is a zarr store
+        (a previous output); any other folder is refused, never deleted.
     progress : callable, optional
         Called with the number of level-0 tiles (per channel plane for
         non-RGB) just written, once per band; the calls add up to
@@ -290,7 +299,8 @@ def write_ome_zarr(
     OutputExistsError
         If ``path`` exists and ``overwrite`` is false.
     OutputError
-        If the output directory is missing or not writable.
+        If the output directory is missing or not writable, or ``path`` is a
+        folder that is not a zarr store.
     ValueError
         If the levels or options are inconsistent.
     """
