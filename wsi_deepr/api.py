@@ -66,8 +66,9 @@ def refocus(
     scale: str = "auto",
     background: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    output_format: str = "auto",
 ) -> RefocusResult:
-    """Refocus a whole slide and write a pyramidal OME-TIFF.
+    """Refocus a whole slide and write a pyramidal OME-TIFF (or TIFF, or OME-Zarr).
 
     The run is resumable and exclusive: while it runs, ``.<output>.lock``
     beside the output keeps other jobs off it; finished blocks are kept in
@@ -146,6 +147,12 @@ def refocus(
     progress : callable, optional
         ``progress(done, total)`` in model windows (tiles), called as their
         output is written (a resumed run starts at the windows already done).
+    output_format : {"auto", "ome-tiff", "tiff", "ome-zarr"}
+        ``"auto"`` (default): by the output's suffix (``.ome.tif``, ``.tif``,
+        ``.ome.zarr``; an OME-TIFF when no output is given).  ``"tiff"`` is
+        an OpenSlide-readable tiled TIFF (brightfield RGB only);
+        ``"ome-zarr"`` an NGFF 0.4 multiscale image
+        (:mod:`wsi_deepr.writers.paths`).
 
     Returns
     -------
@@ -162,7 +169,8 @@ def refocus(
     """
     options = RefocusOptions(model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap,
                              batch=batch, workers=workers, overwrite=overwrite, jpeg_quality=jpeg_quality,
-                             compression=compression, resume=resume, scale=scale, background=background)
+                             compression=compression, resume=resume, scale=scale, background=background,
+                             output_format=output_format)
     return refocus_with(slide_path, output, options, scheduler=scheduler, skip=skip, progress=progress)
 
 

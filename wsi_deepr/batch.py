@@ -149,11 +149,13 @@ def read_manifest(path: str | os.PathLike, *, output_dir: str | os.PathLike | No
 
 
 def plan_batch(inputs: Sequence[str | os.PathLike] = (), output_dir: str | os.PathLike | None = None, *,
-               manifest: str | os.PathLike | None = None, recursive: bool = False) -> list[BatchItem]:
+               manifest: str | os.PathLike | None = None, recursive: bool = False,
+               output_format: str = "auto") -> list[BatchItem]:
     """``(input, output)`` pairs of a batch.
 
     Outputs default to ``<output_dir>/<stem>.refocused.ome.tif`` (beside the
-    input without ``output_dir``).  Two inputs that would write the same
+    input without ``output_dir``; ``.tif`` or ``.ome.zarr`` for those
+    ``output_format`` values).  Two inputs that would write the same
     output: the later ones are marked failed (give outputs in a manifest).
     """
     items = read_manifest(manifest, output_dir=output_dir) if manifest is not None else []
@@ -161,7 +163,7 @@ def plan_batch(inputs: Sequence[str | os.PathLike] = (), output_dir: str | os.Pa
     seen: dict[Path, Path] = {}
     for item in items:
         if item.output is None:
-            default = default_output_path(item.input)
+            default = default_output_path(item.input, output_format)
             item.output = Path(output_dir) / default.name if output_dir is not None else default
         key = item.output.absolute()
         if key in seen:

@@ -21,13 +21,15 @@ from typing import Any
 
 from wsi_deepr.errors import OptionError
 
-__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "MODALITIES", "SCALE_MODES", "RefocusOptions"]
+__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "SCALE_MODES", "RefocusOptions"]
 
 MODALITIES = ("auto", "brightfield", "fluorescence")
 DEVICES = ("auto", "cpu", "cuda")
 SCALE_MODES = ("auto", "native")
 BACKGROUND_MODES = ("auto", "skip", "process")
 COMPRESSIONS = ("auto", "jpeg", "zlib", "zstd")
+#: output formats (``auto``: by the output's suffix, an OME-TIFF by default)
+FORMATS = ("auto", "ome-tiff", "tiff", "ome-zarr")
 #: smallest model window accepted, px (the U-Net downsamples by 16)
 MIN_TILE = 16
 
@@ -73,6 +75,10 @@ class RefocusOptions:
     background: str = _option("auto", "'skip': pass windows of blank glass through unchanged (tissue found by "
                                       "optical density on a thumbnail); 'process': refocus every window; 'auto': "
                                       "skip on brightfield slides, process fluorescence.", choices=BACKGROUND_MODES)
+    output_format: str = _option("auto", "Output format: 'ome-tiff' (pyramidal OME-TIFF: QuPath, napari, OMERO), "
+                                         "'tiff' (tiled pyramidal TIFF that OpenSlide reads, brightfield RGB only) or "
+                                         "'ome-zarr' (NGFF 0.4); 'auto': by the output's suffix (.ome.tif, .tif, "
+                                         ".ome.zarr), an OME-TIFF by default.", choices=FORMATS, flag="--format")
     jpeg_quality: int = _option(90, "JPEG quality of brightfield RGB output.", kind="quality")
     compression: str = _option("auto", "Output compression: 'auto' (JPEG for RGB, zlib otherwise), 'jpeg', "
                                        "'zlib' or 'zstd'.", choices=COMPRESSIONS, cli=False)
@@ -86,7 +92,8 @@ class RefocusOptions:
         if self.model is not None:
             object.__setattr__(self, "model", os.fspath(self.model))
         for name, allowed in (("modality", MODALITIES), ("device", DEVICES), ("scale", SCALE_MODES),
-                              ("background", BACKGROUND_MODES), ("compression", COMPRESSIONS)):
+                              ("background", BACKGROUND_MODES), ("compression", COMPRESSIONS),
+                              ("output_format", FORMATS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 raise OptionError(f"{name}={value!r}: use one of {', '.join(allowed)}")

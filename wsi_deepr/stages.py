@@ -54,9 +54,9 @@ from wsi_deepr.runsafe.resume import (
     scratch_path,
 )
 from wsi_deepr.tiling.plan import Geometry, RefocusPlan, build_plan, choose_geometry, detects_background, output_mpp
-from wsi_deepr.writers.atomic import temporaries
+from wsi_deepr.writers.atomic import remove_temporaries
 from wsi_deepr.writers.ometiff import check_compression
-from wsi_deepr.writers.paths import check_output, default_output_path
+from wsi_deepr.writers.paths import check_output, check_output_format, default_output_path
 
 __all__ = [
     "LOCAL_SCHEDULERS", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect", "finish",
@@ -145,6 +145,7 @@ class Job:
     model: ModelInfo
     geometry: Geometry
     workers: int
+    output_format: str = "ome-tiff"
 
     @property
     def rgb(self) -> bool:
@@ -190,7 +191,7 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     """
     slide_path = Path(slide_path)
     slide = open_slide(slide_path, modality=options.modality)
-    out = Path(output) if output is not None else default_output_path(slide_path)
+    out = Path(output) if output is not None else default_output_path(slide_path, options.output_format)
     check_output(out, overwrite=options.overwrite, source=slide_path)
     model = resolve_model(options.model, modality=slide.modality)
     check_scheduler(scheduler)
@@ -199,18 +200,19 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     workers = max(1, int(options.workers or os.cpu_count() or 1))
     geometry = choose_geometry(slide, model, device=options.device, tile=options.tile, halo=options.halo,
                                overlap=options.overlap, batch=options.batch, parallel=workers, scale=options.scale)
-    job = Job(slide_path, slide, out, model, geometry, workers)
-    check_compression(options.compression, rgb=job.rgb, quality=options.jpeg_quality)
-    return job
+    rgb = slide.modality is Modality.BRIGHTFIELD and slide.n_channels == 3 and np.dtype(slide.dtype) == np.uint8
+    fmt = check_output_format(out, options.output_format, rgb=rgb)
+    if fmt != "ome-zarr":
+        check_compression(options.compression, rgb=rgb, quality=options.jpeg_quality)
+    return Job(slide_path, slide, out, model, geometry, workers, fmt)
 
 
 def claim(job: Job, options: RefocusOptions) -> None:
     """Under the output's lock: stop if another job finished it meanwhile; drop a killed run's temporaries."""
     if job.output.exists() and not options.overwrite:
         raise OutputExistsError(f"output {job.output} exists; pass --overwrite to replace it")
-    for tmp in temporaries(job.output) + temporaries(sidecar_path(job.output)):
-        log.info("removing %s left by an interrupted run", tmp)
-        tmp.unlink(missing_ok=True)
+    for tmp in remove_temporaries(job.output) + remove_temporaries(sidecar_path(job.output)):
+        log.info("removed %s left by an interrupted run", tmp)
 
 
 def connect(job: Job, options: RefocusOptions, scheduler: object) -> Link:
@@ -300,22 +302,42 @@ def record(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *, 
 
 
 def write(job: Job, levels: list, provenance: dict, options: RefocusOptions, hooks: RunHooks) -> None:
-    """The pyramidal OME-TIFF, with the associated images and the provenance in its OME-XML."""
-    from wsi_deepr.writers.ometiff import write_ome_tiff
+    """The output file in its format, with the associated images and the provenance inside it.
 
+    OME-TIFF (:mod:`wsi_deepr.writers.ometiff`), OpenSlide-readable TIFF
+    (:mod:`wsi_deepr.writers.generic_tiff`) or OME-Zarr
+    (:mod:`wsi_deepr.writers.omezarr`, which keeps no associated images).
+    """
+    mpp = provenance["output_mpp"]
+    common = {"mpp": tuple(mpp) if mpp else None, "channel_names": job.slide.channel_names, "rgb": job.rgb,
+              "annotations": to_annotations(provenance), "overwrite": options.overwrite,
+              "progress": hooks.tiles_written}
+    if job.output_format == "ome-zarr":
+        from wsi_deepr.writers.omezarr import write_ome_zarr
+
+        write_ome_zarr(job.output, levels, **common)
+        return
+    pixels = {"compression": options.compression, "jpeg_quality": options.jpeg_quality,
+              "associated": _associated(job)}
+    if job.output_format == "tiff":
+        from wsi_deepr.writers.generic_tiff import write_tiled_tiff
+
+        write_tiled_tiff(job.output, levels, **common, **pixels)
+    else:
+        from wsi_deepr.writers.ometiff import write_ome_tiff
+
+        write_ome_tiff(job.output, levels, name=job.slide_path.name, **common, **pixels)
+
+
+def _associated(job: Job) -> dict[str, np.ndarray]:
+    """The slide's label, macro and thumbnail images that can be read."""
     associated = {}
     for name, load in job.slide.associated.items():
         try:
             associated[name] = load()
         except Exception as exc:  # an unreadable label must not sink the slide
             log.warning("%s: associated image %r not carried over: %s", job.slide_path, name, exc)
-    mpp = provenance["output_mpp"]
-    write_ome_tiff(
-        job.output, levels, mpp=tuple(mpp) if mpp else None, channel_names=job.slide.channel_names, rgb=job.rgb,
-        compression=options.compression, jpeg_quality=options.jpeg_quality, associated=associated,
-        annotations=to_annotations(provenance), name=job.slide_path.name, overwrite=options.overwrite,
-        progress=hooks.tiles_written,
-    )
+    return associated
 
 
 def finish(job: Job, provenance: dict, scratch: Scratch, timer: StageTimer) -> Path:

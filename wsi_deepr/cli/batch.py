@@ -63,7 +63,8 @@ def batch(inputs: tuple[Path, ...], manifest: Path | None, output_dir: Path, rec
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {output_dir}: {exc}") from exc
-    items = plan_batch(inputs, output_dir, manifest=manifest, recursive=recursive)
+    items = plan_batch(inputs, output_dir, manifest=manifest, recursive=recursive,
+                       output_format=options.output_format)
     if not items:
         raise OutputError(f"no slides found in {', '.join(map(str, inputs)) or manifest}; slide files end in "
                           f".svs, .ndpi, .mrxs, .tif, ...")

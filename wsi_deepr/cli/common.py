@@ -126,6 +126,8 @@ def _click_option(f: dataclasses.Field) -> Callable:
     kind = meta.get("kind")
     if "choices" in meta:
         kwargs.update(type=click.Choice(list(meta["choices"])), default=f.default, show_default=True)
+        if "flag" in meta:  # a flag name other than the field's: keep the field's name for the parameter
+            return click.option(name, f.name, **kwargs)
     elif kind == "tile":
         kwargs.update(type=TileSize(), default=str(f.default), show_default=True)
     elif kind == "count":
@@ -163,7 +165,7 @@ def options_from(params: dict) -> RefocusOptions:
     for f in dataclasses.fields(RefocusOptions):
         if not f.metadata.get("cli", True):
             continue
-        key = f.metadata.get("flag", f.name).lstrip("-").replace("-", "_")
+        key = f.name if "choices" in f.metadata else f.metadata.get("flag", f.name).lstrip("-").replace("-", "_")
         value = params.pop(key)
         values[f.name] = (not value) if f.metadata.get("invert") else value
     return RefocusOptions(**values)

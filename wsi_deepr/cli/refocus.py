@@ -22,14 +22,15 @@ from wsi_deepr.cli.common import (
 @click.command()
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output OME-TIFF [default: <stem>.refocused.ome.tif beside SLIDE].")
+              help="Output file: .ome.tif (OME-TIFF), .tif (OpenSlide-readable TIFF) or .ome.zarr (OME-Zarr) "
+                   "[default: <stem>.refocused.ome.tif beside SLIDE].")
 @refocus_options
 @cluster_options
 @verbosity_options
 @handle_errors
 def refocus(slide: Path, output: Path | None, scheduler: str, workers: int | None, threads_per_worker: int | None,
             dashboard_address: str, verbose: int, quiet: bool, **params) -> None:
-    """Refocus SLIDE into a pyramidal OME-TIFF.
+    """Refocus SLIDE into a pyramidal OME-TIFF (or a TIFF, or OME-Zarr: see -o and --format).
 
     Runs on a Dask LocalCluster by default (its dashboard link is printed).
     An interrupted run resumes where it stopped when run again; a lock file

@@ -1,1 +1,1 @@
-"""Writers: the refocused pyramid as a file (pyramidal OME-TIFF), written atomically, and output paths."""
+"""Writers: the refocused pyramid as a file (pyramidal OME-TIFF, OpenSlide-readable TIFF, OME-Zarr), written atomically, and output paths."""
