@@ -62,7 +62,7 @@ class RefocusOptions:
                           choices=DEVICES)
     tile: int | str = _option(512, "Model window size in pixels, or 'auto': the size from 512 to 1536 that runs "
                                    "the model on the fewest pixels for the slide (faster with a wide halo on "
-                                   "large slides, about 3x the memory).", kind="tile")
+                                   "large slides, more memory: see the README's Tiling section).", kind="tile")
     halo: int | None = _option(None, "Context pixels cropped from each window side [default: from the model "
                                      "card].", kind="count")
     overlap: int | None = _option(None, "Feathered overlap between windows [default: 16, or the halo if "
