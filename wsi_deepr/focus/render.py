@@ -238,7 +238,8 @@ background:#f5f5f7}main{max-width:1180px;margin:0 auto;padding:24px}h1{font-size
 h2{font-size:1.15em;margin:28px 0 10px}.sub{color:#555;font-size:.9em;word-break:break-all}
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:16px;margin-bottom:16px}
 .overlay img{max-width:100%;max-height:92vh;width:auto;height:auto;display:block;margin:0 auto}
-table{border-collapse:collapse;width:100%;max-width:760px}td,th{padding:6px 10px;border-bottom:1px solid #e5e5e5;text-align:left}
+table{border-collapse:collapse;width:100%;max-width:760px}
+td,th{padding:6px 10px;border-bottom:1px solid #e5e5e5;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.verdict{font-size:1.1em;font-weight:600}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:16px}
 .grid figure{margin:0;background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);overflow:hidden}
@@ -307,8 +308,9 @@ def render_html(doc: dict, overlay_png: bytes, crops: list[tuple[object, tuple[i
         colour = "#%02x%02x%02x" % tuple(colorize(np.array([reg["defocus_um"]]))[0])
         where = f"x {reg['x']}, y {reg['y']}, {reg['width']}×{reg['height']} px"
         if doc["mpp"]:
-            where += f" ({reg['x'] * doc['mpp'] / 1000:.2f}, {reg['y'] * doc['mpp'] / 1000:.2f} mm)"
-        shown = "" if (w, h) == (reg["width"], reg["height"]) else f"<br><span class=muted>centre {w}×{h} px shown</span>"
+            where += f" (at {reg['x'] * doc['mpp'] / 1000:.2f}, {reg['y'] * doc['mpp'] / 1000:.2f} mm)"
+        shown = ("" if (w, h) == (reg["width"], reg["height"])
+                 else f"<br><span class=muted>centre {w}×{h} px shown</span>")
         figures.append(
             f"<figure><img src=\"{_data_uri(img, 'JPEG')}\" alt=\"worst region {rank}\" width={w} height={h}>"
             f"<figcaption><span class=swatch style=\"background:{colour}\"></span><b>#{rank}: "

@@ -187,7 +187,7 @@ def qc_document(slide, dmap, *, top_k: int = TOP_K) -> dict:
         "schema": SCHEMA,
         "wsi_deepr_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "slide": str(Path(dmap.slide if dmap.slide else slide.path)),
+        "slide": str(slide.path),
         "slide_name": Path(str(slide.path)).name,
         "modality": slide.modality.value,
         "width": int(w0),
