@@ -35,7 +35,8 @@ from .conftest import shared_path
 
 MPP = 0.499
 #: the defocused block of the built slide: y0, x0, y1, x1 (level-0 px) and its defocus
-BLOCK, BLOCK_Z = (512, 512, 1280, 1280), 3.0
+BLOCK, BLOCK_Z = (1024, 512, 2048, 1536), 3.0
+SIZE = (2967, 2220)  # height, width of CMU-1-Small-Region
 
 TOP_KEYS = {"schema", "wsi_deepr_version", "created", "slide", "slide_name", "modality", "width", "height", "mpp",
             "window", "window_um", "grid_shape", "level", "threshold_um", "method", "seconds", "summary",
@@ -56,12 +57,12 @@ def _map(defocus, tissue, *, mpp=0.5, window=100, threshold=1.0) -> DefocusMap:
 
 @pytest.fixture(scope="module")
 def defocused_slide(tmp_path_factory):
-    """A 1536x1536 crop of CMU-1-Small-Region with BLOCK defocused by 3 µm through the project's optics."""
+    """CMU-1-Small-Region with BLOCK (tissue, 512x512 µm) defocused by 3 µm through the project's optics."""
     from wsi_deepr.io import open_slide
     from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
 
     src = open_slide(shared_path("slides", "CMU-1-Small-Region.svs"))
-    image = src.read_region(0, 700, 300, 2236, 1836)
+    image = src.read_region(0, 0, 0, *SIZE)
     setting = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=MPP)
     blurred = np.clip(np.rint(defocus(image.astype(np.float32), setting, BLOCK_Z)), 0, 255).astype(np.uint8)
     y0, x0, y1, x1 = BLOCK
@@ -143,18 +144,18 @@ def test_summary_csv_and_stem(tmp_path) -> None:
 def test_defocused_region_ranks_worst(defocused_qc) -> None:
     _, doc = defocused_qc
     y0, x0, y1, x1 = BLOCK
+
+    def in_block(r) -> float:
+        """Fraction of region ``r`` inside the defocused block."""
+        dy = max(0, min(y1, r["y"] + r["height"]) - max(y0, r["y"]))
+        dx = max(0, min(x1, r["x"] + r["width"]) - max(x0, r["x"]))
+        return dy * dx / (r["width"] * r["height"])
+
     worst = doc["summary"]["worst_regions"][0]
-    cy, cx = worst["y"] + worst["height"] / 2, worst["x"] + worst["width"] / 2
-    assert y0 <= cy <= y1 and x0 <= cx <= x1, worst
-    inside, outside = [], []
-    for r in doc["regions"]:
-        if r["defocus_um"] is None:
-            continue
-        ry, rx = r["y"] + r["height"] / 2, r["x"] + r["width"] / 2
-        if y0 <= r["y"] and r["y"] + r["height"] <= y1 and x0 <= r["x"] and r["x"] + r["width"] <= x1:
-            inside.append(r["defocus_um"])
-        elif not (y0 - r["height"] < ry < y1 + r["height"] and x0 - r["width"] < rx < x1 + r["width"]):
-            outside.append(r["defocus_um"])
+    assert in_block(worst) >= 0.5, worst
+    estimated = [r for r in doc["regions"] if r["defocus_um"] is not None]
+    inside = [r["defocus_um"] for r in estimated if in_block(r) >= 0.75]
+    outside = [r["defocus_um"] for r in estimated if in_block(r) == 0]
     assert inside and outside
     assert np.median(inside) > np.median(outside) + 1.0
 
@@ -163,14 +164,15 @@ def test_json_schema(defocused_qc) -> None:
     result, doc = defocused_qc
     assert set(doc) == TOP_KEYS and doc["schema"] == SCHEMA
     assert set(doc["summary"]) == SUMMARY_KEYS
-    assert (doc["width"], doc["height"], doc["modality"]) == (1536, 1536, "brightfield")
+    height, width = SIZE
+    assert (doc["width"], doc["height"], doc["modality"]) == (width, height, "brightfield")
     assert doc["mpp"] == pytest.approx(MPP) and doc["window_um"] == pytest.approx(doc["window"] * doc["mpp"], 1e-3)
     rows, cols = doc["grid_shape"]
     assert len(doc["regions"]) == rows * cols == doc["summary"]["windows"]
     for r in doc["regions"]:
         assert set(r) == {"x", "y", "width", "height", "tissue", "defocus_um", "confidence"}
-        assert 0 <= r["x"] < 1536 and 0 <= r["y"] < 1536 and r["width"] > 0 and r["height"] > 0
-        assert r["x"] + r["width"] <= 1536 and r["y"] + r["height"] <= 1536
+        assert 0 <= r["x"] < width and 0 <= r["y"] < height and r["width"] > 0 and r["height"] > 0
+        assert r["x"] + r["width"] <= width and r["y"] + r["height"] <= height
         assert 0 <= r["tissue"] <= 1 and 0 <= r["confidence"] <= 1
         assert r["defocus_um"] is None or r["defocus_um"] >= 0
     assert doc["summary"]["estimated_windows"] == sum(r["defocus_um"] is not None for r in doc["regions"])
@@ -188,7 +190,8 @@ def test_png_is_the_overlay(defocused_qc) -> None:
         pixels = np.asarray(img)
     assert max(ov["thumbnail_width"], ov["thumbnail_height"]) <= 1024
     assert ov["height"] > ov["thumbnail_height"]  # the legend below
-    assert ov["thumbnail_width"] == round(1536 * ov["scale"])
+    assert ov["thumbnail_width"] == round(SIZE[1] * ov["scale"])
+    assert max(ov["thumbnail_width"], ov["thumbnail_height"]) == 1024  # reduced to the default 1024 px
     assert pixels.std() > 10  # not blank
     legend = pixels[ov["thumbnail_height"]:]
     assert (legend[..., 0].astype(int) - legend[..., 1] > 80).any()  # the red end of the colour bar
@@ -254,8 +257,17 @@ def test_cli_bad_single_slide_exits_2(capsys, tmp_path, make, needle) -> None:
 
 
 def test_cli_usage_errors(capsys, tmp_path) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "qc" in out
     assert run(capsys, "qc")[0] == 2
     assert run(capsys, "qc", shared_path("slides", "small.svs"), "--modality", "xray")[0] == 2
+
+
+def test_cli_unwritable_output_dir_exits_2(capsys, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(capsys, "qc", shared_path("slides", "small.svs"), "--output-dir", blocker / "sub")
+    assert code == 2 and err.count("\n") == 1 and str(blocker / "sub") in err and "--output-dir" in err
 
 
 def test_cli_several_slides_one_bad(capsys, tmp_path) -> None:
@@ -322,5 +334,5 @@ def test_html_renders_in_chromium(defocused_qc, tmp_path) -> None:
         pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
     assert pixels.shape[:2] == (2000, 1280)
     assert pixels.std() > 20  # the page shows pictures, not a blank or error page
-    hue = pixels[..., 1] - pixels[..., 2]
-    assert (hue > 40).mean() > 0.01  # the green of the in-focus overlay is on screen
+    colourful = pixels.max(axis=-1) - pixels.min(axis=-1) > 40  # the page itself is grey on white
+    assert colourful.mean() > 0.05  # the map and the crops are on screen
