@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["VMAX_UM", "Overlay", "colorize", "crop_region", "display_rgb", "render_html", "render_overlay",
-           "slide_thumbnail"]
+__all__ = ["VMAX_UM", "Overlay", "colorize", "crop_region", "display_ranges", "display_rgb", "render_html",
+           "render_overlay", "slide_thumbnail"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
-def _display_ranges(slide, sample: np.ndarray) -> np.ndarray | None:
+def display_ranges(slide, sample: np.ndarray) -> np.ndarray | None:
     """Per-channel ``(lo, hi)`` display range, or ``None`` for 8-bit brightfield RGB (shown as is)."""
     if slide.modality.value == "brightfield" and sample.shape[-1] == 3 and np.dtype(slide.dtype) == np.uint8:
         return None
@@ -183,7 +183,7 @@ def render_overlay(slide, dmap, *, worst: list[dict] | None = None, max_side: in
     from PIL import Image, ImageDraw
 
     pixels, scale = thumb if thumb is not None else slide_thumbnail(slide, max_side=max_side)
-    base = display_rgb(pixels, _display_ranges(slide, pixels)).astype(np.float32)
+    base = display_rgb(pixels, display_ranges(slide, pixels)).astype(np.float32)
     th, tw = base.shape[:2]
     colour = colorize(dmap.defocus_um)
     for i, (x, y, w, h) in enumerate(np.asarray(dmap.boxes)):

@@ -22,9 +22,9 @@ import io
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +186,7 @@ def qc_document(slide, dmap, *, top_k: int = TOP_K) -> dict:
     return {
         "schema": SCHEMA,
         "wsi_deepr_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "slide": str(slide.path),
         "slide_name": Path(str(slide.path)).name,
         "modality": slide.modality.value,
@@ -248,7 +248,7 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
     OutputError
         The folder cannot be created or a file cannot be written.
     """
-    from .render import _display_ranges, crop_region, render_html, render_overlay, slide_thumbnail
+    from .render import display_ranges, crop_region, render_html, render_overlay, slide_thumbnail
 
     out_dir = Path(output_dir)
     try:
@@ -267,7 +267,7 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
     doc["overlay"] = {"png": paths.png.name, "width": overlay.image.width, "height": overlay.image.height,
                       "thumbnail_width": overlay.thumb_size[0], "thumbnail_height": overlay.thumb_size[1],
                       "scale": round(overlay.scale, 6)}
-    ranges = _display_ranges(slide, thumb[0])
+    ranges = display_ranges(slide, thumb[0])
     crops = [crop_region(slide, reg, ranges=ranges) for reg in worst]
     _atomic_write(paths.json, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     _atomic_write(paths.png, png)
