@@ -20,6 +20,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("models", "models"),
     ("simulate", "simulate"),
     ("dataset", "dataset"),
+    ("qc", "qc"),
 )
 
 
