@@ -58,7 +58,7 @@ def _map(defocus, tissue, *, mpp=0.5, window=100, threshold=1.0) -> DefocusMap:
 @pytest.fixture(scope="module")
 def defocused_slide(tmp_path_factory):
     """CMU-1-Small-Region with BLOCK (tissue, 512x512 µm) defocused by 3 µm through the project's optics."""
-    from wsi_deepr.io import open_slide
+    from wsi_deepr.readers import open_slide
     from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
 
     src = open_slide(shared_path("slides", "CMU-1-Small-Region.svs"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import configure_logging, handle_errors, verbosity_options
+from wsi_deepr.cli.common import configure_logging, handle_errors, verbosity_options
 
 #: exit status when at least one of several slides failed
 EXIT_FAILED = 1
@@ -39,7 +39,7 @@ def qc(slides: tuple[Path, ...], output_dir: Path | None, modality: str, summary
     1 when any of several did, 2 for bad usage or a single bad slide.
     """
     configure_logging(verbose, quiet)
-    from ..focus.qc import run_qc
+    from wsi_deepr.focus.qc import run_qc
 
     if len(slides) > 1 and summary_csv is None:
         summary_csv = (output_dir or Path.cwd()) / time.strftime("wsi-deepr-qc-%Y%m%d-%H%M%S.csv")

@@ -46,7 +46,7 @@ def _radial(side: int) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _curve(mpp: float, na: float) -> np.ndarray:
     """Predicted log power ratio (high/low band) for every z of ``_Z_GRID``."""
-    from ..optics import OpticalSetting, otf
+    from wsi_deepr.optics import OpticalSetting, otf
 
     setting = OpticalSetting(na=na, wavelengths_um=(0.55,), pixel_size_um=mpp)
     f = _radial(_SIDE)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .estimate import IN_FOCUS_UM, estimate_defocus
+from wsi_deepr.focus.estimate import IN_FOCUS_UM, estimate_defocus
 
 __all__ = ["DefocusMap", "defocus_map"]
 
@@ -56,7 +56,7 @@ class DefocusMap:
 
 
 def _tissue_fractions(slide, boxes: np.ndarray) -> np.ndarray:
-    from ..background import tissue_mask
+    from wsi_deepr.tiling.background import tissue_mask
 
     coarse = len(slide.level_shapes) - 1
     ly, lx, _ = slide.level_shapes[coarse]

@@ -15,8 +15,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WsiDeeprError
-from .report import TOP_K, QcOutputs, qc_paths, qc_stem, summary_columns, write_qc, write_qc_summary_csv
+from wsi_deepr.errors import WsiDeeprError
+from wsi_deepr.focus.report import (
+    TOP_K,
+    QcOutputs,
+    qc_paths,
+    qc_stem,
+    summary_columns,
+    write_qc,
+    write_qc_summary_csv,
+)
 
 __all__ = ["QcResult", "qc_slide", "run_qc"]
 
@@ -79,9 +87,9 @@ def qc_slide(slide_path: str | os.PathLike, *, output_dir: str | os.PathLike | N
     (QcOutputs, dict)
         The report paths and the summary.
     """
-    from ..io import open_slide
-    from .map import defocus_map
-    from .report import summary
+    from wsi_deepr.readers import open_slide
+    from wsi_deepr.focus.map import defocus_map
+    from wsi_deepr.focus.report import summary
 
     path = Path(slide_path)
     slide = open_slide(path, modality=modality)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import OutputError
+from wsi_deepr._version import __version__
+from wsi_deepr.errors import OutputError
 
 __all__ = ["QC_COLUMNS", "SCHEMA", "SHARE_THRESHOLDS_UM", "SUMMARY_CSV_FIELDS", "QcOutputs", "qc_document",
            "qc_paths", "qc_stem", "summary", "summary_columns", "write_qc", "write_qc_summary_csv"]
@@ -248,7 +248,7 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
     OutputError
         The folder cannot be created or a file cannot be written.
     """
-    from .render import display_ranges, crop_region, render_html, render_overlay, slide_thumbnail
+    from wsi_deepr.focus.render import display_ranges, crop_region, render_html, render_overlay, slide_thumbnail
 
     out_dir = Path(output_dir)
     try:
