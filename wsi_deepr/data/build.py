@@ -253,6 +253,73 @@ def _run_job(job: _Job) -> list[tuple]:
     return [(i, *_simulate_pair(job, seed)) for i, seed in job.pairs]
 
 
+def _fields_of_view(sources: list[InFocusSource], ranges: rz.RandomizationRanges, *, patch_size: int,
+                    modality: str, min_tissue: float, cache_mb: int) -> tuple[list, list, dict]:
+    """The fields of view with content: ``(cells, per-source ranges, fov keys)``.
+
+    One field-of-view grid per file, shared by its channels (no split leakage
+    between them); the pixels of fields are kept in memory up to ``cache_mb``.
+    """
+    cside_of: dict[str, int] = {}
+    work_of: dict[str, int] = {}
+    for src in sources:
+        margin = _max_margin(ranges, src.pixel_size_um * ranges.pixel_scale[0], src.wavelengths_um)
+        work = sfft.next_fast_len(patch_size + 2 * margin, real=True)
+        work_of[src.path] = max(work_of.get(src.path, 0), work)
+        cside_of[src.path] = max(cside_of.get(src.path, 0), math.ceil(work * ranges.pixel_scale[1]))
+    cells, src_ranges, fov_keys = [], [], {}
+    cache_left = int(cache_mb) * 2**20
+    too_small = 0
+    for si, src in enumerate(sources):
+        work = work_of[src.path]
+        cside = min(cside_of[src.path], *src.shape)  # small image: one smaller field
+        cap = cside / work
+        src_ranges.append(replace(ranges, pixel_scale=(ranges.pixel_scale[0], max(ranges.pixel_scale[0],
+                                                                                    min(ranges.pixel_scale[1], cap)))))
+        if cap < ranges.pixel_scale[0]:
+            log.warning("%s: %s px is smaller than one field of view (%d px); skipped", src.name, src.shape, work)
+            too_small += 1
+            continue
+        grid = patch_grid(src.shape, cside)
+        kept = 0
+        for y, x in grid:
+            raw = np.asarray(src.read(y, x, y + cside, x + cside))
+            if _has_content(raw.astype(np.float32) / np.float32(src.scale), modality, min_tissue):
+                # keep the pixels of fields with content (re-read later beyond the budget)
+                cached = raw if cache_left >= raw.nbytes else None
+                cache_left -= raw.nbytes if cached is not None else 0
+                fov = fov_keys.setdefault((src.path, y, x), len(fov_keys))
+                cells.append((si, (y, x, cside), cached, fov))
+                kept += 1
+        log.info("%s: %d of %d fields of view (%d px) have content", src.name, kept, len(grid), cside)
+    if not cells:
+        if too_small == len(sources):
+            raise TilingError(f"every source is smaller than one field of view for patch_size={patch_size} "
+                              "plus the PSF margin: lower patch_size or the z range")
+        raise ValueError(f"no field of view with tissue/signal (min_tissue={min_tissue}): lower min_tissue "
+                         "or patch_size, or add sources")
+    return cells, src_ranges, fov_keys
+
+
+def _run_jobs(jobs: Iterable[_Job], write: Callable[[list[tuple]], None], *, workers: int) -> None:
+    """Simulate every job, in this process or in ``workers`` processes; ``write`` the results in order."""
+    if workers <= 1:
+        for job in jobs:
+            write(_run_job(job))
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork: the parent runs threads (zarr, tifffile)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: deque = deque()
+        for job in jobs:  # at most 2 jobs per worker in flight, written in order
+            pending.append(pool.submit(_run_job, job))
+            if len(pending) >= 2 * workers:
+                write(pending.popleft().result())
+        while pending:
+            write(pending.popleft().result())
+
+
 def build_simulated(
     sources: list[InFocusSource],
     out: str | Path,
@@ -313,45 +380,8 @@ def build_simulated(
         raise ValueError("sources mix modalities or channel counts: build one dataset per modality")
     _check_output(out, overwrite)
     ranges = ranges or rz.RandomizationRanges.for_modality(modality)
-    # one field-of-view grid per file, shared by its channels (no split leakage between them)
-    cside_of: dict[str, int] = {}
-    work_of: dict[str, int] = {}
-    for src in sources:
-        margin = _max_margin(ranges, src.pixel_size_um * ranges.pixel_scale[0], src.wavelengths_um)
-        work = sfft.next_fast_len(patch_size + 2 * margin, real=True)
-        work_of[src.path] = max(work_of.get(src.path, 0), work)
-        cside_of[src.path] = max(cside_of.get(src.path, 0), math.ceil(work * ranges.pixel_scale[1]))
-    cells, src_ranges, fov_keys = [], [], {}
-    cache_left = int(cache_mb) * 2**20
-    too_small = 0
-    for si, src in enumerate(sources):
-        work = work_of[src.path]
-        cside = min(cside_of[src.path], *src.shape)  # small image: one smaller field
-        cap = cside / work
-        src_ranges.append(replace(ranges, pixel_scale=(ranges.pixel_scale[0], max(ranges.pixel_scale[0],
-                                                                                    min(ranges.pixel_scale[1], cap)))))
-        if cap < ranges.pixel_scale[0]:
-            log.warning("%s: %s px is smaller than one field of view (%d px); skipped", src.name, src.shape, work)
-            too_small += 1
-            continue
-        grid = patch_grid(src.shape, cside)
-        kept = 0
-        for y, x in grid:
-            raw = np.asarray(src.read(y, x, y + cside, x + cside))
-            if _has_content(raw.astype(np.float32) / np.float32(src.scale), modality, min_tissue):
-                # keep the pixels of fields with content (re-read later beyond the budget)
-                cached = raw if cache_left >= raw.nbytes else None
-                cache_left -= raw.nbytes if cached is not None else 0
-                fov = fov_keys.setdefault((src.path, y, x), len(fov_keys))
-                cells.append((si, (y, x, cside), cached, fov))
-                kept += 1
-        log.info("%s: %d of %d fields of view (%d px) have content", src.name, kept, len(grid), cside)
-    if not cells:
-        if too_small == len(sources):
-            raise TilingError(f"every source is smaller than one field of view for patch_size={patch_size} "
-                              "plus the PSF margin: lower patch_size or the z range")
-        raise ValueError(f"no field of view with tissue/signal (min_tissue={min_tissue}): lower min_tissue "
-                         "or patch_size, or add sources")
+    cells, src_ranges, fov_keys = _fields_of_view(sources, ranges, patch_size=patch_size, modality=modality,
+                                                  min_tissue=min_tissue, cache_mb=cache_mb)
     fov_val = split_by_fov(np.arange(len(fov_keys)), val_fraction=val_fraction, seed=seed)
     order = np.random.default_rng(seed).permutation(len(cells))
     assign = [int(order[i % len(cells)]) for i in range(n_pairs)]
@@ -384,21 +414,7 @@ def build_simulated(
             if progress is not None:
                 progress(len(writer))
 
-    if workers <= 1:
-        for job in jobs():
-            write(_run_job(job))
-    else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # no fork: the parent runs threads (zarr, tifffile)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending: deque = deque()
-            for job in jobs():  # at most 2 jobs per worker in flight, written in order
-                pending.append(pool.submit(_run_job, job))
-                if len(pending) >= 2 * workers:
-                    write(pending.popleft().result())
-            while pending:
-                write(pending.popleft().result())
+    _run_jobs(jobs(), write, workers=workers)
     settings = {"builder": "simulated", "n_pairs": n_pairs, "patch_size": patch_size, "seed": seed,
                 "val_fraction": val_fraction, "min_tissue": min_tissue, "ranges": ranges.to_dict(),
                 "fields_of_view": len(fov_keys), "noise_and_jpeg": "input only",
