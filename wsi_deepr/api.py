@@ -67,6 +67,8 @@ def refocus(
     background: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     output_format: str = "auto",
+    where: str = "auto",
+    qc: bool = False,
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF (or TIFF, or OME-Zarr).
 
@@ -153,6 +155,16 @@ def refocus(
         an OpenSlide-readable tiled TIFF (brightfield RGB only);
         ``"ome-zarr"`` an NGFF 0.4 multiscale image
         (:mod:`wsi_deepr.writers.paths`).
+    where : {"auto", "all"}
+        ``"auto"`` (default): estimate the slide's defocus map and run the
+        network only on windows defocused by at least the model card's
+        ``min_defocus_um`` (the others are passed through bit for bit,
+        feathered into their refocused neighbours); a card without that key
+        runs every window.  ``"all"``: every window with tissue.  The map,
+        the threshold and the counts are in the provenance (``focus``).
+    qc : bool
+        Also write the focus QC report (``<stem>.focus.json/.png/.html``)
+        beside the output, with before/after crops of the worst regions.
 
     Returns
     -------
@@ -170,7 +182,7 @@ def refocus(
     options = RefocusOptions(model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap,
                              batch=batch, workers=workers, overwrite=overwrite, jpeg_quality=jpeg_quality,
                              compression=compression, resume=resume, scale=scale, background=background,
-                             output_format=output_format)
+                             output_format=output_format, where=where, qc=qc)
     return refocus_with(slide_path, output, options, scheduler=scheduler, skip=skip, progress=progress)
 
 
@@ -189,7 +201,8 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
         checksum = Checksum(job.slide_path)  # streams in the background
         identity = input_identity(job.slide_path)
         link = stages.connect(job, options, scheduler)
-        plan = stages.plan(job, link, options, skip=skip)
+        focus = stages.focus(job, options)
+        plan = stages.plan(job, link, options, skip=skip, focus=focus)
         scratch = stages.open_run_scratch(job, plan, link, options, identity=identity)
         timer.since_start("prepare")
         hooks.reached("prepared")
@@ -203,6 +216,8 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
         with timer.stage("write"):
             stages.write(job, levels, provenance, options, hooks)
         hooks.reached("written")
+        if options.qc and focus is not None:
+            stages.write_qc(job, focus)
         sidecar = stages.finish(job, provenance, scratch, timer)
     stages.log.info("wrote %s in %.1f s", job.output, timer.seconds["total"])
     nby, nbx = plan.block_grid

@@ -21,13 +21,16 @@ from typing import Any
 
 from wsi_deepr.errors import OptionError
 
-__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "SCALE_MODES", "RefocusOptions"]
+__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "SCALE_MODES", "WHERE_MODES",
+           "RefocusOptions"]
 
 MODALITIES = ("auto", "brightfield", "fluorescence")
 DEVICES = ("auto", "cpu", "cuda")
 SCALE_MODES = ("auto", "native")
 BACKGROUND_MODES = ("auto", "skip", "process")
 COMPRESSIONS = ("auto", "jpeg", "zlib", "zstd")
+#: where the network runs: ``auto`` only where the defocus map says it helps, ``all`` every window
+WHERE_MODES = ("auto", "all")
 #: output formats (``auto``: by the output's suffix, an OME-TIFF by default)
 FORMATS = ("auto", "ome-tiff", "tiff", "ome-zarr")
 #: smallest model window accepted, px (the U-Net downsamples by 16)
@@ -75,6 +78,12 @@ class RefocusOptions:
     background: str = _option("auto", "'skip': pass windows of blank glass through unchanged (tissue found by "
                                       "optical density on a thumbnail); 'process': refocus every window; 'auto': "
                                       "skip on brightfield slides, process fluorescence.", choices=BACKGROUND_MODES)
+    where: str = _option("auto", "'auto': estimate the defocus map first and run the network only on windows "
+                                 "defocused beyond the model card's min_defocus_um (the rest passed through bit "
+                                 "for bit; everywhere when the card has no threshold); 'all': every window.",
+                         choices=WHERE_MODES)
+    qc: bool = _option(False, "Also write the focus QC report (<stem>.focus.json/.png/.html) beside the output, "
+                              "with before/after crops (the defocus map is estimated with --where all too).", kind="flag")
     output_format: str = _option("auto", "Output format: 'ome-tiff' (pyramidal OME-TIFF: QuPath, napari, OMERO), "
                                          "'tiff' (tiled pyramidal TIFF that OpenSlide reads, brightfield RGB only) or "
                                          "'ome-zarr' (NGFF 0.4); 'auto': by the output's suffix (.ome.tif, .tif, "
@@ -93,7 +102,7 @@ class RefocusOptions:
             object.__setattr__(self, "model", os.fspath(self.model))
         for name, allowed in (("modality", MODALITIES), ("device", DEVICES), ("scale", SCALE_MODES),
                               ("background", BACKGROUND_MODES), ("compression", COMPRESSIONS),
-                              ("output_format", FORMATS)):
+                              ("output_format", FORMATS), ("where", WHERE_MODES)):
             value = getattr(self, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 raise OptionError(f"{name}={value!r}: use one of {', '.join(allowed)}")
@@ -106,7 +115,7 @@ class RefocusOptions:
         object.__setattr__(self, "jpeg_quality", _integer("jpeg_quality", self.jpeg_quality, 1))
         if self.jpeg_quality > 100:
             raise OptionError(f"jpeg_quality={self.jpeg_quality!r}: use an integer from 1 to 100")
-        for name in ("overwrite", "resume"):
+        for name in ("overwrite", "resume", "qc"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name}={getattr(self, name)!r}: use True or False")
 

@@ -9,7 +9,10 @@
 3. :func:`connect` — where the model runs: the scheduler or cluster client,
    the ONNX Runtime session (checked here: ``--device cuda`` fails at once),
    the execution provider and the worker resources.  Gives a :class:`Link`;
-4. :func:`plan` — the slide statistics and the windows to pass through, into
+4. :func:`focus` — the defocus map (:mod:`wsi_deepr.focus`), and with
+   ``where="auto"`` the windows it sends to the network: only those defocused
+   beyond the model card's ``min_defocus_um``;
+   :func:`plan` — the slide statistics and the windows to pass through, into
    the :class:`~wsi_deepr.tiling.plan.RefocusPlan`;
 5. :func:`open_run_scratch` — the resumable scratch store, keyed by its
    fingerprint (:mod:`wsi_deepr.runsafe.resume`);
@@ -17,8 +20,9 @@
    (:mod:`wsi_deepr.parallel.graph`);
 7. :func:`pyramid` — the reduced levels (:mod:`wsi_deepr.imaging.pyramid`);
 8. :func:`record` — the provenance (:mod:`wsi_deepr.runsafe.provenance`);
-9. :func:`write` — the OME-TIFF (:mod:`wsi_deepr.writers.ometiff`), then
-   :func:`finish`: the sidecar, and the scratch removed.
+9. :func:`write` — the output file (:mod:`wsi_deepr.writers`), then
+   :func:`finish`: the sidecar, and the scratch removed; :func:`write_qc`
+   (``qc=True``) adds the focus QC report beside the output.
 
 :class:`StageTimer` times the stages; :class:`RunHooks` reports progress and
 holds the crash points the kill-9 tests use (``WSI_DEEPR_CRASH_AT``).
@@ -59,8 +63,8 @@ from wsi_deepr.writers.ometiff import check_compression
 from wsi_deepr.writers.paths import check_output, check_output_format, default_output_path
 
 __all__ = [
-    "LOCAL_SCHEDULERS", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect", "finish",
-    "infer", "open_run_scratch", "plan", "prepare", "pyramid", "record", "write",
+    "LOCAL_SCHEDULERS", "Focus", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect",
+    "finish", "focus", "infer", "open_run_scratch", "plan", "prepare", "pyramid", "record", "write", "write_qc",
 ]
 
 log = logging.getLogger(__name__)
@@ -236,10 +240,41 @@ def connect(job: Job, options: RefocusOptions, scheduler: object) -> Link:
     return Link(client, "distributed", session, provider, resources, info)
 
 
-def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | None = None) -> RefocusPlan:
+@dataclass(frozen=True)
+class Focus:
+    """The defocus map of the slide and, when it decides, the windows it sends to the network."""
+
+    dmap: object
+    selection: object | None
+
+
+def focus(job: Job, options: RefocusOptions) -> Focus | None:
+    """Estimate the defocus map when it is used: ``where="auto"`` with a model threshold, or ``qc``."""
+    threshold = job.model.card.min_defocus_um
+    selects = options.where == "auto" and threshold is not None
+    if options.where == "auto" and threshold is None:
+        log.info("model %s has no min_defocus_um in its card: the network runs on every window", job.model.name)
+    if not (selects or options.qc):
+        return None
+    from wsi_deepr.focus.map import defocus_map
+    from wsi_deepr.focus.select import select_windows
+
+    dmap = defocus_map(job.slide)
+    log.info("defocus map of %s: %d regions in %.1f s (%s)", job.slide_path, dmap.defocus_um.size, dmap.seconds,
+             dmap.method)
+    selection = (select_windows(dmap, job.geometry.grid, level0_shape=job.slide.level_shapes[0][:2],
+                                threshold_um=threshold) if selects else None)
+    return Focus(dmap, selection)
+
+
+def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | None = None,
+         focus: Focus | None = None) -> RefocusPlan:
     """The slide statistics and the windows passed through, with the session: the run's plan."""
+    selection = None if focus is None else focus.selection
     return build_plan(job.slide, job.model, job.geometry, session=link.session, skip=skip,
-                      background=options.background)
+                      background=options.background,
+                      refocus=None if selection is None else selection.refocus,
+                      focus=None if selection is None else selection.to_dict())
 
 
 def open_run_scratch(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *,
@@ -310,7 +345,7 @@ def write(job: Job, levels: list, provenance: dict, options: RefocusOptions, hoo
     """
     mpp = provenance["output_mpp"]
     common = {"mpp": tuple(mpp) if mpp else None, "channel_names": job.slide.channel_names, "rgb": job.rgb,
-              "annotations": to_annotations(provenance), "overwrite": options.overwrite,
+              "annotations": to_annotations(_without_map(provenance)), "overwrite": options.overwrite,
               "progress": hooks.tiles_written}
     if job.output_format == "ome-zarr":
         from wsi_deepr.writers.omezarr import write_ome_zarr
@@ -327,6 +362,26 @@ def write(job: Job, levels: list, provenance: dict, options: RefocusOptions, hoo
         from wsi_deepr.writers.ometiff import write_ome_tiff
 
         write_ome_tiff(job.output, levels, name=job.slide_path.name, **common, **pixels)
+
+
+def _without_map(provenance: dict) -> dict:
+    """The record for the file's own metadata: the per-region defocus map stays in the sidecar only."""
+    if not provenance.get("focus"):
+        return provenance
+    short = {k: v for k, v in provenance["focus"]["map"].items()
+             if k not in ("boxes", "tissue", "defocus_um", "confidence")}
+    return {**provenance, "focus": {**provenance["focus"], "map": short}}
+
+
+def write_qc(job: Job, focus: Focus) -> None:
+    """The focus QC report of the input beside the output, with before/after crops of the worst regions."""
+    from wsi_deepr.focus.report import write_qc as write_report
+    from wsi_deepr.writers.paths import image_stem
+
+    refocused = open_slide(job.output) if job.output_format != "ome-zarr" else None
+    paths = write_report(job.slide, focus.dmap, job.output.parent, stem=image_stem(job.output),
+                         refocused=refocused)
+    log.info("focus QC report: %s", paths.html)
 
 
 def _associated(job: Job) -> dict[str, np.ndarray]:

@@ -221,6 +221,18 @@ def crop_region(slide, region: dict, *, ranges: np.ndarray | None = None, max_si
     return Image.fromarray(display_rgb(pix, ranges)), (int(x0), int(y0), int(pix.shape[1]), int(pix.shape[0]))
 
 
+def side_by_side(left, right, *, gap: int = 6):
+    """Two PIL images next to each other on white (before | after crops), heights matched to the left's."""
+    from PIL import Image
+
+    if right.height != left.height:
+        right = right.resize((max(1, round(right.width * left.height / right.height)), left.height))
+    out = Image.new("RGB", (left.width + gap + right.width, left.height), (255, 255, 255))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + gap, 0))
+    return out
+
+
 def _data_uri(img, fmt: str) -> str:
     buf = io.BytesIO()
     if fmt == "JPEG":
@@ -312,10 +324,13 @@ def render_html(doc: dict, overlay_png: bytes, crops: list[tuple[object, tuple[i
         shown = ("" if (w, h) == (reg["width"], reg["height"])
                  else f"<br><span class=muted>centre {w}×{h} px shown</span>")
         figures.append(
-            f"<figure><img src=\"{_data_uri(img, 'JPEG')}\" alt=\"worst region {rank}\" width={w} height={h}>"
+            f"<figure><img src=\"{_data_uri(img, 'JPEG')}\" alt=\"worst region {rank}\" width={img.width} "
+            f"height={img.height}>"
             f"<figcaption><span class=swatch style=\"background:{colour}\"></span><b>#{rank}: "
             f"{reg['defocus_um']:.2f} µm</b> · confidence {reg['confidence']:.2f} · tissue "
             f"{100 * reg['tissue']:.0f} %<br>{where}{shown}</figcaption></figure>")
+    if doc.get("crops") == "before | after":
+        figures.insert(0, "<p class=muted>Each crop: as scanned (left) and refocused (right).</p>")
     worst = ("<div class=grid>" + "".join(figures) + "</div>" if figures
              else "<p class=muted>No region has an estimate.</p>")
     return (

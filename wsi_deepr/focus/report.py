@@ -31,6 +31,8 @@ import numpy as np
 
 from wsi_deepr._version import __version__
 from wsi_deepr.errors import OutputError
+from wsi_deepr.writers.atomic import atomic_file
+from wsi_deepr.writers.paths import image_stem
 
 __all__ = ["QC_COLUMNS", "SCHEMA", "SHARE_THRESHOLDS_UM", "SUMMARY_CSV_FIELDS", "QcOutputs", "qc_document",
            "qc_paths", "qc_stem", "summary", "summary_columns", "write_qc", "write_qc_summary_csv"]
@@ -50,7 +52,6 @@ SUMMARY_CSV_FIELDS = ("slide", "status", "error", "seconds", *QC_COLUMNS, "json"
 #: worst regions listed (and cropped in the HTML) by default
 TOP_K = 8
 #: suffixes taken off a slide name to make the report stem (longest first)
-_MULTI_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf")
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,7 @@ class QcOutputs:
 
 def qc_stem(slide_path: str | os.PathLike) -> str:
     """Report stem of a slide: its file name without the format suffix (``x.ome.tif`` -> ``x``)."""
-    name = Path(slide_path).name
-    for suffix in _MULTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem or name
+    return image_stem(slide_path)
 
 
 def qc_paths(output_dir: str | os.PathLike, stem: str) -> QcOutputs:
@@ -206,22 +203,19 @@ def qc_document(slide, dmap, *, top_k: int = TOP_K) -> dict:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``data`` atomically (:func:`wsi_deepr.writers.atomic.atomic_file`), as an :class:`OutputError`."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_file(path) as fh:
+            fh.write(data)
+    except OutputError:
+        raise
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}; check that its folder exists and is "
                           f"writable, or choose another --output-dir") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = None,
-             top_k: int = TOP_K) -> QcOutputs:
+             top_k: int = TOP_K, refocused=None) -> QcOutputs:
     """Write the three QC files of ``slide`` and its defocus map into ``output_dir``.
 
     Parameters
@@ -236,6 +230,9 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
         File stem (default :func:`qc_stem` of the slide).
     top_k : int
         Worst regions listed, outlined on the PNG and cropped in the HTML.
+    refocused : Slide, optional
+        The refocused output of ``slide`` (``refocus --qc``): each crop then
+        shows the region before (left) and after (right) refocusing.
 
     Returns
     -------
@@ -248,7 +245,14 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
     OutputError
         The folder cannot be created or a file cannot be written.
     """
-    from wsi_deepr.focus.render import display_ranges, crop_region, render_html, render_overlay, slide_thumbnail
+    from wsi_deepr.focus.render import (
+        crop_region,
+        display_ranges,
+        render_html,
+        render_overlay,
+        side_by_side,
+        slide_thumbnail,
+    )
 
     out_dir = Path(output_dir)
     try:
@@ -269,11 +273,24 @@ def write_qc(slide, dmap, output_dir: str | os.PathLike, *, stem: str | None = N
                       "scale": round(overlay.scale, 6)}
     ranges = display_ranges(slide, thumb[0])
     crops = [crop_region(slide, reg, ranges=ranges) for reg in worst]
+    if refocused is not None:
+        doc["crops"] = "before | after"
+        crops = [(side_by_side(img, crop_region(refocused, _scaled(reg, slide, refocused), ranges=ranges,
+                                                max_side=max(img.size))[0]), box)
+                 for reg, (img, box) in zip(worst, crops, strict=True)]
     _atomic_write(paths.json, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     _atomic_write(paths.png, png)
     _atomic_write(paths.html, render_html(doc, png, crops).encode("utf-8"))
     log.info("focus QC of %s written to %s", slide.path, paths.html)
     return paths
+
+
+def _scaled(region: Mapping, slide, other) -> dict:
+    """``region`` (level-0 px of ``slide``) in the level-0 px of ``other`` (e.g. an output at another pixel size)."""
+    fy = other.level_shapes[0][0] / slide.level_shapes[0][0]
+    fx = other.level_shapes[0][1] / slide.level_shapes[0][1]
+    return {**region, "x": int(region["x"] * fx), "y": int(region["y"] * fy),
+            "width": max(1, int(region["width"] * fx)), "height": max(1, int(region["height"] * fy))}
 
 
 def write_qc_summary_csv(rows: Iterable[Mapping], path: str | os.PathLike) -> Path:

@@ -111,6 +111,24 @@ class ModelCard:
         return lo, hi
 
     @property
+    def min_defocus_um(self) -> float | None:
+        """Defocus (µm) below which the model's output was measured no better than its input.
+
+        Optional card key ``min_defocus_um``; ``refocus --where auto`` passes
+        windows below it through (:mod:`wsi_deepr.focus.select`).  ``None``
+        when the card does not say: the model then runs on every window.
+        """
+        text = dict(self.extra).get("min_defocus_um")
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            log.warning("ignoring the model card's min_defocus_um %r: expected a number of µm", text)
+            return None
+        return value if value >= 0 else None
+
+    @property
     def preview(self) -> bool:
         """``True`` when the card says ``status = preview``: used only when asked for by name."""
         return dict(self.extra).get("status", "").strip().lower() == "preview"

@@ -174,6 +174,7 @@ def provenance_record(*, slide, slide_path: Path, identity: dict, sha256: str, m
         "normalization": json.loads(plan.stats.to_json()),
         "scale": plan.scale.as_dict(),
         "background": plan.background,
+        **({"focus": plan.focus} if plan.focus is not None else {}),
         "output_shape": list(plan.shape),
         "output_mpp": list(output_mpp) if output_mpp else None,
         "scheduler": scheduler,

@@ -79,6 +79,10 @@ class RefocusPlan:
     background : dict or None
         What background detection found (:meth:`wsi_deepr.tiling.background.BackgroundMask.to_dict`),
         or ``None`` when it did not run.
+    focus : dict or None
+        Which windows the defocus map sent to the network
+        (:meth:`wsi_deepr.focus.select.FocusSelection.to_dict`), or ``None``
+        when every window with tissue runs (``--where all``, or no threshold).
     """
 
     reader: RegionReader
@@ -93,6 +97,7 @@ class RefocusPlan:
     batch: int = 4
     scale: ScaleDecision | None = None
     background: dict | None = None
+    focus: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -299,12 +304,15 @@ def slide_stats(slide: Slide, model: ModelInfo) -> NormStats:
 
 
 def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *, session: SessionSpec,
-               skip: np.ndarray | None = None, background: str = "auto") -> RefocusPlan:
+               skip: np.ndarray | None = None, background: str = "auto",
+               refocus: np.ndarray | None = None, focus: dict | None = None) -> RefocusPlan:
     """The :class:`RefocusPlan`: ``geometry`` with the slide statistics, the skip mask and the session.
 
-    ``skip`` (a boolean window-grid mask) wins over ``background``; without
+    ``skip`` (a boolean window-grid mask) wins over everything else; without
     it, ``background`` decides whether blank glass is found and passed
-    through (:func:`detects_background`).
+    through (:func:`detects_background`), and windows outside ``refocus`` (a
+    boolean window-grid mask from the defocus map, summarised by ``focus``)
+    are passed through as well.
     """
     stats = slide_stats(slide, model)
     found = None
@@ -313,11 +321,14 @@ def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *, session: S
         skip = found.skip
         log.info("background: %d of %d windows are blank glass (tissue %.1f %% of %s); passed through",
                  np.count_nonzero(skip), skip.size, 100 * found.tissue_fraction, found.source)
+    if refocus is not None and (found is not None or skip is None):
+        skip = ~geometry.grid.check_mask(refocus) | geometry.grid.check_mask(skip)
+        log.info("defocus map: the network runs on %d of %d windows", np.count_nonzero(~skip), skip.size)
     return RefocusPlan(
         reader=geometry.reader, level=geometry.level, grid=geometry.grid, n_channels=slide.n_channels,
         session=session, model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
         skip=geometry.grid.check_mask(skip), batch=geometry.batch, scale=geometry.scale,
-        background=None if found is None else found.to_dict(),
+        background=None if found is None else found.to_dict(), focus=focus,
     )
 
 
