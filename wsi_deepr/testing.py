@@ -8,16 +8,20 @@ numbers, so every model is deterministic and its receptive field is known:
   field radius = ``depth`` pixels (the oracle for tiled == untiled tests).
 * :func:`unet_model` — a residual U-Net shaped like the Deep-R generator
   (``levels`` down/up levels, skip concatenations), for realistic timings.
+
+And slides with a known defocus layout, made from an in-focus image through
+the project's optics (:mod:`wsi_deepr.optics`): :func:`write_layout_slide`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["conv_model", "unet_model", "default_card", "save_model"]
+__all__ = ["DefocusRegion", "conv_model", "default_card", "save_model", "unet_model", "write_layout_slide"]
 
 
 def default_card(*, modality: str = "brightfield", channels: int = 3, halo: int = 8,
@@ -140,4 +144,66 @@ def save_model(model, path: str | Path) -> Path:
     onnx, *_ = _helpers()
     path = Path(path)
     onnx.save(model, str(path))
+    return path
+
+
+@dataclass(frozen=True)
+class DefocusRegion:
+    """A box ``[y0:y1, x0:x1]`` (px) of a layout slide defocused by ``z_um``."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    z_um: float
+
+
+def write_layout_slide(image: np.ndarray, path: str | Path, *, regions: Sequence[DefocusRegion] = (),
+                       tilt: tuple[float, float] | None = None, mpp: float = 0.5, na: float = 0.75,
+                       spherical_waves: float = 0.0, tile: int = 256) -> Path:
+    """Write an RGB slide whose defocus is known: ``image`` with ``regions`` (or a tilt) defocused.
+
+    Each region is blurred with its surroundings as context (the optics'
+    incoherent defocus of the whole padded neighbourhood, then the box cut
+    back in), so its edges are what a microscope would see; with ``tilt``
+    ``(dz/dy, dz/dx)`` in µm per µm the whole image is defocused by a tilted
+    plane through 0 at its centre.  Written as a tiled, zlib-compressed TIFF
+    with its µm/px in the resolution tags, which ``open_slide`` reads.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(Y, X, 3)`` uint8 in-focus brightfield pixels.
+    path : path
+        The TIFF to write.
+    regions : sequence of DefocusRegion
+        Boxes and their defocus.
+    tilt : (float, float), optional
+        Slopes of a tilted focal plane instead of (or before) the regions.
+    mpp, na, spherical_waves : float
+        Pixel size (µm) and the objective.
+    tile : int
+        TIFF tile size.
+    """
+    import tifffile
+
+    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, TiltedPlane, defocus, defocus_tilted
+    from wsi_deepr.optics.psf import psf_radius_px
+
+    setting = OpticalSetting(na=na, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=mpp,
+                             spherical_waves=spherical_waves)
+    obj = np.asarray(image, dtype=np.float32) / 255.0
+    out = obj.copy()
+    if tilt is not None:
+        out, _ = defocus_tilted(obj, setting, TiltedPlane(z0_um=0.0, slope_y=tilt[0], slope_x=tilt[1]))
+    for r in regions:
+        m = psf_radius_px(setting, r.z_um) + 2
+        a0, b0 = max(0, r.y0 - m), max(0, r.x0 - m)
+        a1, b1 = min(obj.shape[0], r.y1 + m), min(obj.shape[1], r.x1 + m)
+        blurred = defocus(obj[a0:a1, b0:b1], setting, r.z_um)
+        out[r.y0:r.y1, r.x0:r.x1] = blurred[r.y0 - a0:r.y1 - a0, r.x0 - b0:r.x1 - b0]
+    pixels = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    path = Path(path)
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(tile, tile), compression="zlib",
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
     return path
