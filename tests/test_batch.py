@@ -21,17 +21,16 @@ from wsi_deepr.cli import main
 from wsi_deepr.runsafe.lock import OutputLock
 from wsi_deepr.runsafe.provenance import read_annotations, record_from_annotations
 from wsi_deepr.runsafe.resume import scratch_path
-from wsi_deepr.testing import conv_model, default_card, save_model
 
-from .test_resume import make_mono, make_rgb
+from .builders import make_mono, make_rgb
 
 FAST = ["--tile", "128", "--scheduler", "threads"]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)),
-                      tmp_path_factory.mktemp("m") / "rgb.onnx")
+@pytest.fixture
+def model(rgb_model) -> Path:
+    """The everyday RGB test model (``rgb.onnx``: "rgb" in provenance records)."""
+    return rgb_model
 
 
 @pytest.fixture
@@ -118,9 +117,7 @@ def test_locked_output_fails_that_slide_only(capsys, tmp_path, folder, model) ->
     assert "locked" in rows[1]["error"] and ".b.refocused.ome.tif.lock" in rows[1]["error"]
 
 
-def test_manifest(capsys, tmp_path, folder, model) -> None:
-    mono_model = save_model(conv_model(channels=1, depth=2, card=default_card(
-        modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)), tmp_path / "mono.onnx")
+def test_manifest(capsys, tmp_path, folder, model, mono_model) -> None:
     make_mono(folder / "fluo.ome.tif", shape=(200, 150))
     manifest = folder / "list.csv"
     manifest.write_text("input,output,model\n"

@@ -13,19 +13,14 @@ import pytest
 import tifffile
 
 from wsi_deepr.cli import main
-from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .conftest import shared_path
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    rgb = save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx")
-    mono = save_model(conv_model(channels=1, depth=2, card=default_card(modality="fluorescence", channels=1,
-                                                                            normalization="percentile:1:99.8",
-                                                                            halo=4)), d / "mono.onnx")
-    return {"rgb": rgb, "mono": mono}
+@pytest.fixture
+def models(rgb_model, mono_model):
+    """The two everyday test models; they share a folder with nothing else in it."""
+    return {"rgb": rgb_model, "mono": mono_model}
 
 
 @pytest.fixture

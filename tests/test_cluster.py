@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
 from wsi_deepr import refocus
@@ -19,25 +18,17 @@ from wsi_deepr.inference.kernel import infer_windows
 from wsi_deepr.inference.session import SessionSpec
 from wsi_deepr.inference.normalization import compute_stats
 from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr
-from wsi_deepr.testing import conv_model, default_card, save_model
 
-from .test_pipeline import plan_for
-from .test_resume import make_mono
+from .builders import make_mono, mono_card, plan_for, read_levels
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.fixture(scope="module")
-def mono(tmp_path_factory):
+def mono(tmp_path_factory, model_factory):
     d = tmp_path_factory.mktemp("cluster")
-    card = default_card(modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)
-    model = save_model(conv_model(channels=1, depth=2, seed=4, card=card), d / "mono.onnx")
+    model = model_factory("mono", mono_card(), channels=1, seed=4)
     return make_mono(d / "fluo.ome.tif", shape=(700, 610)), model
-
-
-def levels(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tif:
-        return [level.asarray() for level in tif.series[0].levels]
 
 
 @pytest.mark.slow
@@ -66,20 +57,19 @@ def test_local_cluster_1_and_2_workers_identical_dashboard_and_one_session_per_w
                     page = response.read().decode()
                 assert response.status == 200
                 assert "needs bokeh" not in page and "Dask" in page
-        outputs[n] = levels(out)
+        outputs[n] = read_levels(out)
     reference = tmp_path / "threads.ome.tif"
     refocus(src, reference, model=model, tile=72, batch=2, workers=2)
-    for a, b, c in zip(outputs[1], outputs[2], levels(reference), strict=True):
+    for a, b, c in zip(outputs[1], outputs[2], read_levels(reference), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 
 
-def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path) -> None:
+def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path, rgb_model) -> None:
     """Workers with and without a (declared) GPU: every inference task runs on the GPU one."""
     from distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
 
-    model = save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), tmp_path / "m.onnx")
-    spec = SessionSpec(str(model), "cpu", 1)
+    spec = SessionSpec(str(rgb_model), "cpu", 1)
     image = (np.random.default_rng(3).random((200, 260, 3)) * 255).astype(np.uint8)
     stats = compute_stats("zscore", image.reshape(-1, 3), dtype=np.uint8)
     plan = plan_for(image, spec, tile=48, halo=4, overlap=4, stats=stats, dtype=np.uint8, batch=2)

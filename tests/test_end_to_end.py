@@ -16,9 +16,9 @@ import tifffile
 
 from wsi_deepr import open_slide, refocus
 from wsi_deepr.imaging.pyramid import pyramid_shapes
-from wsi_deepr.testing import conv_model, default_card, save_model
 
 from . import bioformats_info as bf
+from .builders import mono_card
 from .conftest import shared_path
 
 SLIDES = [
@@ -33,13 +33,8 @@ SLIDES = [
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {
-        "rgb": save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx"),
-        "mono": save_model(conv_model(channels=1, depth=2, seed=1, card=default_card(
-            modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)), d / "mono.onnx"),
-    }
+def models(rgb_model, model_factory):
+    return {"rgb": rgb_model, "mono": model_factory("mono", mono_card(), channels=1, seed=1)}
 
 
 @pytest.mark.slow

@@ -96,9 +96,14 @@ def test_cuda_fails_fast_without_provider() -> None:
         providers_for("tpu")
 
 
-def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
-    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
-                      tmp_path / "m.onnx")
+@pytest.fixture
+def mono_depth3(model_factory):
+    """A 1-channel fluorescence conv model of depth 3 (z-score, halo 8)."""
+    return model_factory("m", default_card(modality="fluorescence", channels=1), channels=1, depth=3)
+
+
+def test_one_session_per_spec_and_batched_run(mono_depth3) -> None:
+    path = mono_depth3
     spec = SessionSpec(str(path), "cpu", 1)
     assert get_session(spec) is get_session(spec)
     batch = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
@@ -107,11 +112,10 @@ def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
     np.testing.assert_allclose(out[:, 1:2], single, atol=1e-6)
 
 
-def test_cpu_calls_are_bounded_in_pixels(tmp_path, monkeypatch) -> None:
+def test_cpu_calls_are_bounded_in_pixels(mono_depth3, monkeypatch) -> None:
     import wsi_deepr.inference.session as inference
 
-    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
-                      tmp_path / "m.onnx")
+    path = mono_depth3
     spec = SessionSpec(str(path), "cpu", 1)
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
     whole = run_model(spec, batch, model_channels=1)  # 9 images of 32² in one call
