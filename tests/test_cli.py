@@ -64,7 +64,8 @@ def test_tile_option_takes_auto(capsys, tmp_path, small_rgb, models) -> None:
         assert json.loads(out.with_name(out.name + ".json").read_text())["parameters"]["tile"] == tile
     code, _, err = run(capsys, "refocus", small_rgb, "-o", tmp_path / "x.ome.tif", "--model", models["rgb"],
                        "--tile", "big")
-    assert code == 2 and "neither a size in pixels nor 'auto'" in err
+    assert code == 2, err
+    assert "neither a size in pixels nor 'auto'" in err
 
 
 def test_refocus_scale_option(capsys, tmp_path, models) -> None:
@@ -84,17 +85,23 @@ def test_refocus_scale_option(capsys, tmp_path, models) -> None:
         assert record["scale"]["action"] == ("downsample" if mode == "auto" else "native")
         assert record["output_mpp"] == pytest.approx([0.25 * 300 / shape[0]] * 2)
     code, _, err = run(capsys, "refocus", src, "--model", models["rgb"], "--scale", "half")
-    assert code == 2 and "half" in err
+    assert code == 2, err
+    assert "half" in err
 
 
 def test_info_and_models(capsys, models, monkeypatch) -> None:
     svs = shared_path("slides", "CMU-1-Small-Region.svs")
     code, out, _ = run(capsys, "info", svs)
     assert code == 0
-    assert "2220 x 2967" in out and "brightfield" in out and "0.499" in out
+    assert "2220 x 2967" in out
+    assert "brightfield" in out
+    assert "0.499" in out
     monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(models["rgb"].parent))
     code, out, _ = run(capsys, "models")
-    assert code == 0 and "rgb" in out and "mono" in out and "halo 4 px" in out
+    assert code == 0
+    assert "rgb" in out
+    assert "mono" in out
+    assert "halo 4 px" in out
 
 
 def _bad_inputs(tmp_path, small_rgb):
@@ -163,7 +170,8 @@ def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
     before = small_rgb.read_bytes()
     out_path.write_bytes(b"keep me")
     code, _, err = run(capsys, "refocus", small_rgb, "-o", out_path, "--model", models["rgb"])
-    assert code == 2 and "--overwrite" in err
+    assert code == 2, err
+    assert "--overwrite" in err
     assert out_path.read_bytes() == b"keep me"
     assert small_rgb.read_bytes() == before  # the input is never touched
 
@@ -177,7 +185,8 @@ def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
         code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
     finally:
         locked.chmod(0o700)
-    assert code == 2 and "not writable" in err
+    assert code == 2, err
+    assert "not writable" in err
 
 
 def test_unwritable_output_dir_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
@@ -187,13 +196,16 @@ def test_unwritable_output_dir_as_root(capsys, tmp_path, small_rgb, models, monk
     locked.mkdir()
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) else real_access(p, mode))
     code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
-    assert code == 2 and "not writable" in err and str(locked) in err
+    assert code == 2, err
+    assert "not writable" in err
+    assert str(locked) in err
     assert not any(locked.iterdir())
 
 
 def test_verbose_shows_traceback(capsys, tmp_path, models) -> None:
     code, _, err = run(capsys, "refocus", tmp_path / "nope.svs", "-v")
-    assert code == 2 and "Traceback" in err
+    assert code == 2, err
+    assert "Traceback" in err
 
 
 def test_cli_and_refocus_path_never_import_torch(tmp_path, small_rgb, models) -> None:
@@ -219,7 +231,8 @@ def test_console_script_installed() -> None:
     if exe is None:
         pytest.skip("package not installed with its console script")
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0 and "wsi-deepr" in proc.stdout
+    assert proc.returncode == 0
+    assert "wsi-deepr" in proc.stdout
 
 
 @pytest.mark.slow

@@ -52,11 +52,13 @@ def test_local_cluster_1_and_2_workers_identical_dashboard_and_one_session_per_w
             assert plugin_name(SessionSpec(str(model), "auto", result.parameters["intra_op_threads"])) in plugins
             if n == 2:  # the dashboard, over HTTP on loopback
                 link = client.dashboard_link
-                assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
+                assert link.startswith("http://127.0.0.1:")
+                assert link.endswith("/status")
                 with urllib.request.urlopen(link, timeout=30) as response:
                     page = response.read().decode()
                 assert response.status == 200
-                assert "needs bokeh" not in page and "Dask" in page
+                assert "needs bokeh" not in page
+                assert "Dask" in page
         outputs[n] = read_levels(out)
     reference = tmp_path / "threads.ome.tif"
     refocus(src, reference, model=model, tile=72, batch=2, workers=2)
@@ -127,8 +129,10 @@ def test_jobqueue_gpu_worker_jobs(system) -> None:
         script = cluster.job_script()
     finally:
         cluster.close()
-    assert "--resources GPU=1" in script and "--nthreads 8" in script
-    assert "source /opt/venv/bin/activate" in script and "MALLOC_ARENA_MAX=2" in script
+    assert "--resources GPU=1" in script
+    assert "--nthreads 8" in script
+    assert "source /opt/venv/bin/activate" in script
+    assert "MALLOC_ARENA_MAX=2" in script
     assert ("#SBATCH --gres=gpu:1" in script) if system == "slurm" else ("ngpus=1" in script)
     assert "wsi-deepr-worker" in script
 
@@ -139,4 +143,5 @@ def test_pipeline_scripts_parse() -> None:
         assert proc.returncode == 0, (name, proc.stderr)
     proc = subprocess.run([sys.executable, str(PIPELINES / "run_batch.py"), "--help"], capture_output=True,
                           text=True, check=False)
-    assert proc.returncode == 0 and "--system" in proc.stdout
+    assert proc.returncode == 0
+    assert "--system" in proc.stdout

@@ -44,7 +44,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
     src = shared_path("slides", name)
     out = tmp_path / "out.ome.tif"
     result = refocus(src, out, model=models[kind], tile=256, workers=2)
-    assert result.output == out and out.exists()
+    assert result.output == out
+    assert out.exists()
     # no temporary, scratch or lock left; the provenance sidecar beside the output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.tif", "out.ome.tif.json"]
 
@@ -67,7 +68,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
 
     # our own reader opens the output with the same metadata
     back = open_slide(out)
-    assert back.shape == source.shape and back.dtype == source.dtype
+    assert back.shape == source.shape
+    assert back.dtype == source.dtype
     assert back.channel_names == source.channel_names
     assert back.level_count == n_levels
     if mpp is not None:
@@ -75,7 +77,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
 
     with tifffile.TiffFile(out) as tif:
         xml = tif.ome_metadata
-    assert "wsi_deepr.model_sha256" in xml and result.model_sha256 in xml
+    assert "wsi_deepr.model_sha256" in xml
+    assert result.model_sha256 in xml
     stats = json.loads(tifffile.xml2dict(xml)["OME"]["StructuredAnnotations"]["MapAnnotation"]["Value"]["M"][
         [m["K"] for m in tifffile.xml2dict(xml)["OME"]["StructuredAnnotations"]["MapAnnotation"]["Value"]["M"]]
         .index("wsi_deepr.normalization")]["value"])

@@ -20,7 +20,8 @@ def test_card_is_read_from_metadata_props(tmp_path) -> None:
     assert (info.card.channels, info.card.halo, info.card.mpp) == (3, 7, 0.5)
     assert info.card.defocus_range_um == (-10.0, 10.0)
     assert dict(info.card.extra) == {"extra_key": "x"}
-    assert len(info.sha256) == 64 and info.name == "m"
+    assert len(info.sha256) == 64
+    assert info.name == "m"
 
 
 def test_incomplete_card_names_missing_keys(tmp_path) -> None:
@@ -60,7 +61,8 @@ def test_preview_models_are_used_only_when_named(tmp_path, monkeypatch) -> None:
     save_model(conv_model(card=default_card(status="preview")), tmp_path / "bf-preview.onnx")
     monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(tmp_path))
     info = resolve_model("bf-preview", modality=Modality.BRIGHTFIELD)
-    assert info.card.preview and not info.card.default
+    assert info.card.preview
+    assert not info.card.default
     # no brightfield model has passed its gates: the error names the previews and how to use one
     if not any(m.card.modality is Modality.BRIGHTFIELD and not m.card.preview for m in list_models()):
         with pytest.raises(ModelNotFoundError, match=r"preview models.*bf-preview.*--model"):

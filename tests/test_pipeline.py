@@ -223,7 +223,8 @@ def test_default_window_size_and_batch(tmp_path) -> None:
                         check_session=False)
     assert plan.grid.tile == choose_tile((2000, 2600), halo=88, overlap=16) > 512
     assert plan.batch == default_batch("cpu", plan.grid.tile) == 1
-    assert default_batch("cpu", 512) == 2 and default_batch("cpu", 640) == 1
+    assert default_batch("cpu", 512) == 2
+    assert default_batch("cpu", 640) == 1
     fixed = plan_refocus(open_slide(src), model, device="cpu", background="process", check_session=False)
     assert (fixed.grid.tile, fixed.batch) == (512, 2)  # the default
     with pytest.raises(ValueError, match="'huge'"):

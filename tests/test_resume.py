@@ -95,7 +95,8 @@ def test_kill9_brightfield_then_rerun_is_pixel_identical(tmp_path, models, slide
     if point == "prepared":
         assert resumed_blocks == 0
     elif point.startswith("blocks"):
-        assert 14 <= resumed_blocks < 36 and "blocks resumed" in stdout
+        assert 14 <= resumed_blocks < 36
+        assert "blocks resumed" in stdout
     else:
         assert resumed_blocks == 36  # all blocks; and the complete reduced level
 
@@ -123,7 +124,8 @@ def test_kill9_fluorescence_lossless_identical(tmp_path, models, slides, capsys)
         kill_at(point, *args)
     rerun(capsys, *args, "-q")
     got = read_levels(out)
-    assert got[0].dtype == np.uint16 and got[0].shape == (2, 1200, 1000)
+    assert got[0].dtype == np.uint16
+    assert got[0].shape == (2, 1200, 1000)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -149,7 +151,8 @@ def test_interrupted_api_run_resumes_and_untrusted_chunks_are_redone(tmp_path, m
     scratch = scratch_path(out)
     markers = BlockMarkers(scratch / ".blocks")
     done = markers.load()
-    assert 5 <= len(done) < 36 and not lock_path(out).exists()
+    assert 5 <= len(done) < 36
+    assert not lock_path(out).exists()
     by, bx = min(done)
     chunk = scratch / "0" / "c" / str(by) / str(bx) / "0"
     chunk.write_bytes(b"half-written")  # a torn chunk...
@@ -214,5 +217,8 @@ def test_cli_refuses_a_locked_output(tmp_path, models, slides, capsys) -> None:
         code = main(["refocus", str(src), "-o", str(out), "--model", str(models["rgb"]), "--scheduler", "threads"])
     err = capsys.readouterr().err
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and str(lock_path(out)) in err and "locked" in err
-    assert not out.exists() and not scratch_path(out).exists()
+    assert len(err.strip().splitlines()) == 1
+    assert str(lock_path(out)) in err
+    assert "locked" in err
+    assert not out.exists()
+    assert not scratch_path(out).exists()

@@ -50,9 +50,11 @@ def test_native_for_unknown_coarser_or_forced() -> None:
     assert "no pixel size" in choose_scale([None], model_mpp=0.7).reason
     assert "no training pixel size" in choose_scale([0.25], model_mpp=None).reason
     coarse = choose_scale([2.0], model_mpp=0.7, model_mpp_range=(0.5, 1.0))
-    assert coarse.action == "native" and "coarser" in coarse.reason
+    assert coarse.action == "native"
+    assert "coarser" in coarse.reason
     forced = choose_scale([0.25, 0.5], model_mpp=0.7, model_mpp_range=(0.5, 1.0), mode="native")
-    assert forced.action == "native" and "native scale was requested" in forced.reason
+    assert forced.action == "native"
+    assert "native scale was requested" in forced.reason
     with pytest.raises(ValueError, match="scale mode 'half'"):
         choose_scale([0.25], model_mpp=0.7, mode="half")
 
@@ -80,7 +82,8 @@ def test_decision_keeps_the_most_detail_inside_the_range(s0, lo, ratio, n_levels
     d = choose_scale(mpps, model_mpp=(lo + hi) / 2, model_mpp_range=(lo, hi))
     lo_t, hi_t = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
     if lo_t <= s0 <= hi_t or s0 > hi_t:
-        assert d.action == "native" and d.processing_mpp == s0
+        assert d.action == "native"
+        assert d.processing_mpp == s0
         return
     assert d.processing_mpp == pytest.approx(mpps[d.level] * d.factor)
     achievable = [m for m in mpps if lo_t <= m <= hi_t]
@@ -91,7 +94,8 @@ def test_decision_keeps_the_most_detail_inside_the_range(s0, lo, ratio, n_levels
         assert d.processing_mpp <= min(achievable) + 1e-9
     if d.action == "downsample":
         base = mpps[d.level]
-        assert d.factor >= 2 and (d.factor == 2 or base * (d.factor - 1) < lo)  # the smallest factor
+        assert d.factor >= 2  # the smallest factor
+        assert d.factor == 2 or base * (d.factor - 1) < lo
 
 
 # ---------------------------------------------------------------- reader
