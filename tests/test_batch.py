@@ -124,7 +124,8 @@ def test_locked_output_fails_that_slide_only(capsys, tmp_path, folder, model) ->
     assert ".b.refocused.ome.tif.lock" in rows[1]["error"]
 
 
-def test_manifest(capsys, tmp_path, folder, model, mono_model) -> None:
+def test_manifest_sets_output_and_model_per_slide_and_needs_an_input_column(capsys, tmp_path, folder, model,
+                                                                           mono_model) -> None:
     make_mono(folder / "fluo.ome.tif", shape=(200, 150))
     manifest = folder / "list.csv"
     manifest.write_text("input,output,model\n"

@@ -68,7 +68,7 @@ def test_tile_option_takes_auto(capsys, tmp_path, small_rgb, models) -> None:
     assert "neither a size in pixels nor 'auto'" in err
 
 
-def test_refocus_scale_option(capsys, tmp_path, models) -> None:
+def test_scale_auto_halves_a_fine_slide_and_native_keeps_it(capsys, tmp_path, models) -> None:
     """A 0.25 µm/px slide and a model trained at 0.5: auto halves it, --scale native does not."""
     data = (np.random.default_rng(1).random((300, 260, 3)) * 255).astype(np.uint8)
     src = tmp_path / "fine.ome.tif"
@@ -89,7 +89,7 @@ def test_refocus_scale_option(capsys, tmp_path, models) -> None:
     assert "half" in err
 
 
-def test_info_and_models(capsys, models, monkeypatch) -> None:
+def test_info_describes_the_slide_and_models_lists_the_model_cards(capsys, models, monkeypatch) -> None:
     svs = shared_path("slides", "CMU-1-Small-Region.svs")
     code, out, _ = run(capsys, "info", svs)
     assert code == 0
@@ -129,7 +129,7 @@ def _bad_inputs(tmp_path, small_rgb):
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "truncated", "not-an-image", "unsupported"])
-def test_bad_slide(capsys, tmp_path, small_rgb, models, case) -> None:
+def test_bad_slide_fails_with_one_line_naming_it(capsys, tmp_path, small_rgb, models, case) -> None:
     path, pattern = _bad_inputs(tmp_path, small_rgb)[case]
     out_path = tmp_path / "out.ome.tif"
     code, out, err = run(capsys, "refocus", path, "-o", out_path, "--model", models["rgb"])
@@ -144,7 +144,7 @@ def test_bad_slide(capsys, tmp_path, small_rgb, models, case) -> None:
     assert not out_path.exists()
 
 
-def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
+def test_bad_model_or_output_fails_in_one_line_and_touches_no_file(capsys, tmp_path, small_rgb, models) -> None:
     out_path = tmp_path / "out.ome.tif"
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"\x00garbage" * 10)
@@ -177,7 +177,7 @@ def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
+def test_unwritable_output_dir_is_refused(capsys, tmp_path, small_rgb, models) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -189,7 +189,7 @@ def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
     assert "not writable" in err
 
 
-def test_unwritable_output_dir_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
+def test_unwritable_output_dir_is_refused_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
     """Root bypasses permission bits, so simulate a read-only mount via os.access."""
     real_access = os.access
     locked = tmp_path / "locked"

@@ -92,7 +92,7 @@ def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path, rgb_model) -
     np.testing.assert_array_equal(target[:], refocus_dask(plan).compute(scheduler="threads"))
 
 
-def test_cluster_size() -> None:
+def test_cluster_size_splits_cores_into_workers_and_threads() -> None:
     assert cluster_size(cpu=2) == (2, 1)
     assert cluster_size(cpu=16) == (4, 4)
     assert cluster_size(3, None, cpu=16) == (3, 5)
@@ -100,7 +100,7 @@ def test_cluster_size() -> None:
     assert cluster_size(cpu=16, gpu=True) == (1, 4)
 
 
-def test_local_cluster_layout() -> None:
+def test_local_cluster_is_one_in_process_worker_unless_asked_or_large() -> None:
     from wsi_deepr.parallel.cluster import local_cluster_layout
 
     assert local_cluster_layout(cpu=2) == (1, 2, False)  # a small machine: one in-process worker
@@ -119,7 +119,7 @@ def _load_pipelines_module(name: str):
 
 
 @pytest.mark.parametrize("system", ["slurm", "pbs"])
-def test_jobqueue_gpu_worker_jobs(system) -> None:
+def test_jobqueue_gpu_job_script_requests_a_gpu_and_starts_the_worker(system) -> None:
     pytest.importorskip("dask_jobqueue")
     clusters = _load_pipelines_module("clusters")
     local = {"scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}

@@ -107,7 +107,7 @@ def test_reader_is_lazy_picklable_and_augments_input_and_target_together(tmp_pat
     assert len(seen) == 8  # all 8 flips/rotations occur
 
 
-def test_dihedral_group_and_running_stats():
+def test_dihedral_gives_eight_distinct_images_and_running_stats_match_numpy():
     img = np.arange(12.0).reshape(3, 4)
     outs = {dihedral(img, k).tobytes() for k in range(8)}
     assert len(outs) == 8

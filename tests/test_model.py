@@ -32,7 +32,7 @@ def test_incomplete_card_names_missing_keys(tmp_path) -> None:
         load_model_info(path)
 
 
-def test_not_onnx(tmp_path) -> None:
+def test_not_onnx_is_a_model_error_and_a_missing_file_not_found(tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_text("this is not a protobuf")
     with pytest.raises(ModelError, match="not a valid ONNX model"):

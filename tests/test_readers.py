@@ -155,7 +155,7 @@ def test_smalltif_second_page_ignored_and_pixels() -> None:
     np.testing.assert_array_equal(slide.read_region(0, 0, 0, 480, 640)[..., 0], expected)
 
 
-def test_modality_override() -> None:
+def test_modality_can_be_forced_and_unknown_values_fail() -> None:
     path = shared_path(SLIDES, "smalltif.tif")
     assert open_slide(path, modality="brightfield").modality is Modality.BRIGHTFIELD
     assert open_slide(path, modality="auto").modality is Modality.FLUORESCENCE
@@ -228,7 +228,7 @@ def ome_pyramid(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return path, data
 
 
-def test_ome_pyramid(ome_pyramid: tuple[Path, np.ndarray]) -> None:
+def test_ome_pyramid_metadata_levels_and_pixels(ome_pyramid: tuple[Path, np.ndarray]) -> None:
     path, data = ome_pyramid
     slide = open_slide(path)
     assert (slide.backend, slide.format) == ("tifffile", "ome-tiff")
@@ -258,7 +258,7 @@ def test_ome_z_stack_rejected(tmp_path: Path) -> None:
     assert "export a single Z plane" in msg
 
 
-def test_imagej_micron(tmp_path: Path) -> None:
+def test_imagej_tiff_reads_micron_mpp_and_channels(tmp_path: Path) -> None:
     data = np.random.default_rng(2).integers(0, 4000, (2, 300, 200), dtype=np.uint16)
     path = tmp_path / "imagej.tif"
     tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.325, 1 / 0.325),
@@ -324,7 +324,7 @@ def test_rgba_composited_onto_white() -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_missing_path(tmp_path: Path) -> None:
+def test_missing_path_is_not_found(tmp_path: Path) -> None:
     path = tmp_path / "nope.svs"
     with pytest.raises(SlideNotFoundError) as info:
         open_slide(path)
@@ -332,7 +332,7 @@ def test_missing_path(tmp_path: Path) -> None:
     assert "not found" in _one_line(info.value, path)
 
 
-def test_directory(tmp_path: Path) -> None:
+def test_directory_is_refused_with_an_mrxs_hint(tmp_path: Path) -> None:
     with pytest.raises(SlideNotFoundError) as info:
         open_slide(tmp_path)
     msg = _one_line(info.value, tmp_path)
@@ -340,7 +340,7 @@ def test_directory(tmp_path: Path) -> None:
     assert ".mrxs" in msg
 
 
-def test_empty_file(tmp_path: Path) -> None:
+def test_empty_file_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "zero.svs"
     path.touch()
     with pytest.raises(CorruptSlideError) as info:
@@ -349,7 +349,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.4, 0.9, 0.999])
-def test_truncated_svs(tmp_path: Path, fraction: float) -> None:
+def test_truncated_svs_is_corrupt_on_every_backend(tmp_path: Path, fraction: float) -> None:
     data = shared_path(SLIDES, "CMU-1-Small-Region.svs").read_bytes()
     path = tmp_path / "part.svs"
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -359,7 +359,7 @@ def test_truncated_svs(tmp_path: Path, fraction: float) -> None:
         assert "truncated" in _one_line(info.value, path)
 
 
-def test_truncated_tiles(tmp_path: Path) -> None:
+def test_truncated_last_tile_is_corrupt(tmp_path: Path) -> None:
     src = tmp_path / "tiled.tif"
     image = np.random.default_rng(4).integers(0, 255, (512, 512), np.uint8)
     tifffile.imwrite(src, image, tile=(128, 128))
@@ -396,7 +396,7 @@ def _write_zip(path: Path) -> None:
     ("image.jpg", _write_jpeg, "JPEG"),
     ("archive.zip", _write_zip, "ZIP"),
 ])
-def test_common_image_formats(tmp_path: Path, name: str, writer, what: str) -> None:
+def test_png_jpeg_and_zip_are_refused_with_a_conversion_hint(tmp_path: Path, name: str, writer, what: str) -> None:
     path = tmp_path / name
     writer(path)
     with pytest.raises(UnsupportedFormatError) as info:
@@ -409,7 +409,7 @@ def test_common_image_formats(tmp_path: Path, name: str, writer, what: str) -> N
 
 
 @pytest.mark.parametrize("content", [b"just some text\nnot a slide\n", bytes(range(256)) * 7])
-def test_not_an_image(tmp_path: Path, content: bytes) -> None:
+def test_non_image_bytes_are_refused_on_every_backend(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "thing.svs"
     path.write_bytes(content)
     for backend in ("auto", "openslide", "tifffile"):

@@ -215,7 +215,7 @@ def test_patch_grid_degrades_to_small_fields_and_says_what_to_do():
 
 
 @pytest.mark.slow
-def test_smear_stack_registration_and_ground_truth():
+def test_smear_stack_registers_within_a_pixel_and_picks_the_focal_plane():
     st = read_stack(shared_path("stacks", "smear-brightfield"))
     assert len(st) == 19
     assert min(st.shapes) == (286, 330)

@@ -354,7 +354,7 @@ def test_smear_stack_check_runs_on_the_real_focal_series():
     assert far[1] > far[5]  # farther planes are less similar to z+00
 
 
-def test_block_bootstrap_interval():
+def test_block_bootstrap_interval_brackets_the_mean_and_is_narrow():
     from export.evaluate import block_bootstrap_ci
 
     assert block_bootstrap_ci(np.full((100, 90), 0.25)) == pytest.approx([0.25, 0.25])
