@@ -21,17 +21,16 @@ from wsi_deepr.cli import main
 from wsi_deepr.runsafe.lock import OutputLock
 from wsi_deepr.runsafe.provenance import read_annotations, record_from_annotations
 from wsi_deepr.runsafe.resume import scratch_path
-from wsi_deepr.testing import conv_model, default_card, save_model
 
-from .test_resume import make_mono, make_rgb
+from .builders import make_mono, make_rgb
 
 FAST = ["--tile", "128", "--scheduler", "threads"]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)),
-                      tmp_path_factory.mktemp("m") / "rgb.onnx")
+@pytest.fixture
+def model(rgb_model) -> Path:
+    """The everyday RGB test model (``rgb.onnx``: "rgb" in provenance records)."""
+    return rgb_model
 
 
 @pytest.fixture
@@ -67,13 +66,15 @@ def test_batch_with_a_corrupt_slide_on_the_default_local_cluster(capsys, tmp_pat
                             "--report", out / "report")
     assert code == 1
     assert "Dask dashboard: http://127.0.0.1:" in err
-    assert "broken.tif" in err and "truncated" in err
+    assert "broken.tif" in err
+    assert "truncated" in err
     assert "3 done, 0 skipped, 1 failed" in err
     rows, doc = read_report(out / "report.csv")
     status = {Path(r["input"]).name: r for r in rows}
     assert {k: v["status"] for k, v in status.items()} == {
         "a.ome.tif": "done", "b.tif": "done", "c.svs.tif": "done", "broken.tif": "failed"}
-    assert "broken.tif" in status["broken.tif"]["error"] and "truncated" in status["broken.tif"]["error"]
+    assert "broken.tif" in status["broken.tif"]["error"]
+    assert "truncated" in status["broken.tif"]["error"]
     assert all(int(status[n]["tiles"]) > 0 and float(status[n]["seconds"]) > 0
                for n in ("a.ome.tif", "b.tif", "c.svs.tif"))
     assert doc["counts"] == {"done": 3, "failed": 1}
@@ -92,18 +93,22 @@ def test_rerun_skips_finished_outputs_and_overwrite_redoes_them(capsys, tmp_path
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.ome.tif")}
     code, stdout, _ = run(capsys, "batch", folder, "--output-dir", out, "--model", model, *FAST,
                           "--report", out / "r2")
-    assert code == 0 and "0 done, 3 skipped, 0 failed" in stdout
+    assert code == 0
+    assert "0 done, 3 skipped, 0 failed" in stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.ome.tif")} == before
     rows, _ = read_report(out / "r2.csv")
-    assert [r["status"] for r in rows] == ["skipped"] * 3 and all(int(r["tiles"]) > 0 for r in rows)
+    assert [r["status"] for r in rows] == ["skipped"] * 3
+    assert all(int(r["tiles"]) > 0 for r in rows)
     code, stdout, _ = run(capsys, "batch", folder / "b.tif", "--output-dir", out, "--model", model, *FAST,
                           "--overwrite", "--report", out / "r3")
-    assert code == 0 and "1 done, 0 skipped" in stdout
+    assert code == 0
+    assert "1 done, 0 skipped" in stdout
     assert (out / "b.refocused.ome.tif").stat().st_mtime_ns != before["b.refocused.ome.tif"]
     # the outputs beside their inputs are not taken as inputs the next night
     code, stdout, _ = run(capsys, "batch", folder, "--output-dir", folder, "--model", model, *FAST, "-q")
     code, stdout, _ = run(capsys, "batch", folder, "--output-dir", folder, "--model", model, *FAST)
-    assert code == 0 and "0 done, 3 skipped, 0 failed" in stdout
+    assert code == 0
+    assert "0 done, 3 skipped, 0 failed" in stdout
 
 
 def test_locked_output_fails_that_slide_only(capsys, tmp_path, folder, model) -> None:
@@ -115,12 +120,12 @@ def test_locked_output_fails_that_slide_only(capsys, tmp_path, folder, model) ->
     assert code == 1
     rows, _ = read_report(out / "r.csv")
     assert [r["status"] for r in rows] == ["done", "failed"]
-    assert "locked" in rows[1]["error"] and ".b.refocused.ome.tif.lock" in rows[1]["error"]
+    assert "locked" in rows[1]["error"]
+    assert ".b.refocused.ome.tif.lock" in rows[1]["error"]
 
 
-def test_manifest(capsys, tmp_path, folder, model) -> None:
-    mono_model = save_model(conv_model(channels=1, depth=2, card=default_card(
-        modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)), tmp_path / "mono.onnx")
+def test_manifest_sets_output_and_model_per_slide_and_needs_an_input_column(capsys, tmp_path, folder, model,
+                                                                           mono_model) -> None:
     make_mono(folder / "fluo.ome.tif", shape=(200, 150))
     manifest = folder / "list.csv"
     manifest.write_text("input,output,model\n"
@@ -138,7 +143,9 @@ def test_manifest(capsys, tmp_path, folder, model) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("slidez\nx.svs\n")
     code, _, err = run(capsys, "batch", "--manifest", bad, "--output-dir", tmp_path / "out")
-    assert code == 2 and "no 'input' column" in err and len(err.strip().splitlines()) == 1
+    assert code == 2, err
+    assert "no 'input' column" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_two_inputs_one_output_is_reported(tmp_path) -> None:
@@ -146,7 +153,8 @@ def test_two_inputs_one_output_is_reported(tmp_path) -> None:
     (tmp_path / "y").mkdir()
     items = plan_batch([tmp_path / "x" / "s.svs", tmp_path / "y" / "s.svs"], tmp_path / "out")
     assert items[0].error is None
-    assert "also the output of" in items[1].error and "manifest" in items[1].error
+    assert "also the output of" in items[1].error
+    assert "manifest" in items[1].error
 
 
 @pytest.mark.slow
@@ -160,14 +168,17 @@ def test_batch_killed_after_the_rename_is_tidied_by_the_next_run(capsys, tmp_pat
                           env={**os.environ, "WSI_DEEPR_CRASH_AT": "written"}, check=False, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     target = out / "a.refocused.ome.tif"
-    assert target.exists() and scratch_path(target).exists()
+    assert target.exists()
+    assert scratch_path(target).exists()
     assert not (out / "a.refocused.ome.tif.json").exists()
     code, stdout, err = run(capsys, "batch", folder / "a.ome.tif", "--output-dir", out, "--model", model, *FAST)
-    assert code == 0 and "skipped" in stdout, err
+    assert code == 0, err
+    assert "skipped" in stdout, err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("wsi-deepr-batch")) == [
         "a.refocused.ome.tif", "a.refocused.ome.tif.json"]
     sidecar = json.loads((out / "a.refocused.ome.tif.json").read_text())
-    assert sidecar["sidecar_restored_from"] == "OME-XML" and sidecar["model"] == "rgb"
+    assert sidecar["sidecar_restored_from"] == "OME-XML"
+    assert sidecar["model"] == "rgb"
 
 
 def test_provenance_in_ome_xml_and_sidecar(tmp_path, folder, model) -> None:
@@ -179,16 +190,22 @@ def test_provenance_in_ome_xml_and_sidecar(tmp_path, folder, model) -> None:
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     for record in (sidecar, xml):
         assert record["version"]
-        assert record["model"] == "rgb" and record["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-        assert record["parameters"]["tile"] == 128 and record["parameters"]["halo"] == 4
-        assert record["normalization"]["spec"] == "zscore" and len(record["normalization"]["offset"]) == 3
+        assert record["model"] == "rgb"
+        assert record["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        assert record["parameters"]["tile"] == 128
+        assert record["parameters"]["halo"] == 4
+        assert record["normalization"]["spec"] == "zscore"
+        assert len(record["normalization"]["offset"]) == 3
         assert record["provider"] == "CPUExecutionProvider"
         assert record["input"] == str(src.resolve())
-        assert record["input_size"] == src.stat().st_size and record["input_sha256"] == digest
-        assert record["host"] and record["scheduler"]["kind"] == "threads"
+        assert record["input_size"] == src.stat().st_size
+        assert record["input_sha256"] == digest
+        assert record["host"]
+        assert record["scheduler"]["kind"] == "threads"
         assert {"prepare", "refocus", "pyramid", "checksum"} <= set(record["timings"])
     assert {"write", "total"} <= set(sidecar["timings"])  # known only once the file is written
-    assert sidecar["output"] == str(out.resolve()) and sidecar["windows"] == result.windows
+    assert sidecar["output"] == str(out.resolve())
+    assert sidecar["windows"] == result.windows
     with tifffile.TiffFile(out) as tif:
         assert "wsi_deepr.input_sha256" in tif.ome_metadata
     np.testing.assert_equal(result.provenance["input_sha256"], digest)

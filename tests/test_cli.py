@@ -13,19 +13,14 @@ import pytest
 import tifffile
 
 from wsi_deepr.cli import main
-from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .conftest import shared_path
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    rgb = save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx")
-    mono = save_model(conv_model(channels=1, depth=2, card=default_card(modality="fluorescence", channels=1,
-                                                                            normalization="percentile:1:99.8",
-                                                                            halo=4)), d / "mono.onnx")
-    return {"rgb": rgb, "mono": mono}
+@pytest.fixture
+def models(rgb_model, mono_model):
+    """The two everyday test models; they share a folder with nothing else in it."""
+    return {"rgb": rgb_model, "mono": mono_model}
 
 
 @pytest.fixture
@@ -69,10 +64,11 @@ def test_tile_option_takes_auto(capsys, tmp_path, small_rgb, models) -> None:
         assert json.loads(out.with_name(out.name + ".json").read_text())["parameters"]["tile"] == tile
     code, _, err = run(capsys, "refocus", small_rgb, "-o", tmp_path / "x.ome.tif", "--model", models["rgb"],
                        "--tile", "big")
-    assert code == 2 and "neither a size in pixels nor 'auto'" in err
+    assert code == 2, err
+    assert "neither a size in pixels nor 'auto'" in err
 
 
-def test_refocus_scale_option(capsys, tmp_path, models) -> None:
+def test_scale_auto_halves_a_fine_slide_and_native_keeps_it(capsys, tmp_path, models) -> None:
     """A 0.25 µm/px slide and a model trained at 0.5: auto halves it, --scale native does not."""
     data = (np.random.default_rng(1).random((300, 260, 3)) * 255).astype(np.uint8)
     src = tmp_path / "fine.ome.tif"
@@ -89,17 +85,23 @@ def test_refocus_scale_option(capsys, tmp_path, models) -> None:
         assert record["scale"]["action"] == ("downsample" if mode == "auto" else "native")
         assert record["output_mpp"] == pytest.approx([0.25 * 300 / shape[0]] * 2)
     code, _, err = run(capsys, "refocus", src, "--model", models["rgb"], "--scale", "half")
-    assert code == 2 and "half" in err
+    assert code == 2, err
+    assert "half" in err
 
 
-def test_info_and_models(capsys, models, monkeypatch) -> None:
+def test_info_describes_the_slide_and_models_lists_the_model_cards(capsys, models, monkeypatch) -> None:
     svs = shared_path("slides", "CMU-1-Small-Region.svs")
     code, out, _ = run(capsys, "info", svs)
     assert code == 0
-    assert "2220 x 2967" in out and "brightfield" in out and "0.499" in out
+    assert "2220 x 2967" in out
+    assert "brightfield" in out
+    assert "0.499" in out
     monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(models["rgb"].parent))
     code, out, _ = run(capsys, "models")
-    assert code == 0 and "rgb" in out and "mono" in out and "halo 4 px" in out
+    assert code == 0
+    assert "rgb" in out
+    assert "mono" in out
+    assert "halo 4 px" in out
 
 
 def _bad_inputs(tmp_path, small_rgb):
@@ -127,7 +129,7 @@ def _bad_inputs(tmp_path, small_rgb):
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "truncated", "not-an-image", "unsupported"])
-def test_bad_slide(capsys, tmp_path, small_rgb, models, case) -> None:
+def test_bad_slide_fails_with_one_line_naming_it(capsys, tmp_path, small_rgb, models, case) -> None:
     path, pattern = _bad_inputs(tmp_path, small_rgb)[case]
     out_path = tmp_path / "out.ome.tif"
     code, out, err = run(capsys, "refocus", path, "-o", out_path, "--model", models["rgb"])
@@ -142,7 +144,7 @@ def test_bad_slide(capsys, tmp_path, small_rgb, models, case) -> None:
     assert not out_path.exists()
 
 
-def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
+def test_bad_model_or_output_fails_in_one_line_and_touches_no_file(capsys, tmp_path, small_rgb, models) -> None:
     out_path = tmp_path / "out.ome.tif"
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"\x00garbage" * 10)
@@ -168,13 +170,14 @@ def test_bad_model_and_outputs(capsys, tmp_path, small_rgb, models) -> None:
     before = small_rgb.read_bytes()
     out_path.write_bytes(b"keep me")
     code, _, err = run(capsys, "refocus", small_rgb, "-o", out_path, "--model", models["rgb"])
-    assert code == 2 and "--overwrite" in err
+    assert code == 2, err
+    assert "--overwrite" in err
     assert out_path.read_bytes() == b"keep me"
     assert small_rgb.read_bytes() == before  # the input is never touched
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
+def test_unwritable_output_dir_is_refused(capsys, tmp_path, small_rgb, models) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -182,23 +185,27 @@ def test_unwritable_output_dir(capsys, tmp_path, small_rgb, models) -> None:
         code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
     finally:
         locked.chmod(0o700)
-    assert code == 2 and "not writable" in err
+    assert code == 2, err
+    assert "not writable" in err
 
 
-def test_unwritable_output_dir_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
+def test_unwritable_output_dir_is_refused_as_root(capsys, tmp_path, small_rgb, models, monkeypatch) -> None:
     """Root bypasses permission bits, so simulate a read-only mount via os.access."""
     real_access = os.access
     locked = tmp_path / "locked"
     locked.mkdir()
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(locked) else real_access(p, mode))
     code, _, err = run(capsys, "refocus", small_rgb, "-o", locked / "x.ome.tif", "--model", models["rgb"])
-    assert code == 2 and "not writable" in err and str(locked) in err
+    assert code == 2, err
+    assert "not writable" in err
+    assert str(locked) in err
     assert not any(locked.iterdir())
 
 
 def test_verbose_shows_traceback(capsys, tmp_path, models) -> None:
     code, _, err = run(capsys, "refocus", tmp_path / "nope.svs", "-v")
-    assert code == 2 and "Traceback" in err
+    assert code == 2, err
+    assert "Traceback" in err
 
 
 def test_cli_and_refocus_path_never_import_torch(tmp_path, small_rgb, models) -> None:
@@ -224,7 +231,8 @@ def test_console_script_installed() -> None:
     if exe is None:
         pytest.skip("package not installed with its console script")
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0 and "wsi-deepr" in proc.stdout
+    assert proc.returncode == 0
+    assert "wsi-deepr" in proc.stdout
 
 
 @pytest.mark.slow

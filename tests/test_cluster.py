@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import zarr
 
 from wsi_deepr import refocus
@@ -19,25 +18,17 @@ from wsi_deepr.inference.kernel import infer_windows
 from wsi_deepr.inference.session import SessionSpec
 from wsi_deepr.inference.normalization import compute_stats
 from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr
-from wsi_deepr.testing import conv_model, default_card, save_model
 
-from .test_pipeline import plan_for
-from .test_resume import make_mono
+from .builders import make_mono, mono_card, plan_for, read_levels
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
 @pytest.fixture(scope="module")
-def mono(tmp_path_factory):
+def mono(tmp_path_factory, model_factory):
     d = tmp_path_factory.mktemp("cluster")
-    card = default_card(modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)
-    model = save_model(conv_model(channels=1, depth=2, seed=4, card=card), d / "mono.onnx")
+    model = model_factory("mono", mono_card(), channels=1, seed=4)
     return make_mono(d / "fluo.ome.tif", shape=(700, 610)), model
-
-
-def levels(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tif:
-        return [level.asarray() for level in tif.series[0].levels]
 
 
 @pytest.mark.slow
@@ -61,25 +52,26 @@ def test_local_cluster_1_and_2_workers_identical_dashboard_and_one_session_per_w
             assert plugin_name(SessionSpec(str(model), "auto", result.parameters["intra_op_threads"])) in plugins
             if n == 2:  # the dashboard, over HTTP on loopback
                 link = client.dashboard_link
-                assert link.startswith("http://127.0.0.1:") and link.endswith("/status")
+                assert link.startswith("http://127.0.0.1:")
+                assert link.endswith("/status")
                 with urllib.request.urlopen(link, timeout=30) as response:
                     page = response.read().decode()
                 assert response.status == 200
-                assert "needs bokeh" not in page and "Dask" in page
-        outputs[n] = levels(out)
+                assert "needs bokeh" not in page
+                assert "Dask" in page
+        outputs[n] = read_levels(out)
     reference = tmp_path / "threads.ome.tif"
     refocus(src, reference, model=model, tile=72, batch=2, workers=2)
-    for a, b, c in zip(outputs[1], outputs[2], levels(reference), strict=True):
+    for a, b, c in zip(outputs[1], outputs[2], read_levels(reference), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 
 
-def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path) -> None:
+def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path, rgb_model) -> None:
     """Workers with and without a (declared) GPU: every inference task runs on the GPU one."""
     from distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
 
-    model = save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), tmp_path / "m.onnx")
-    spec = SessionSpec(str(model), "cpu", 1)
+    spec = SessionSpec(str(rgb_model), "cpu", 1)
     image = (np.random.default_rng(3).random((200, 260, 3)) * 255).astype(np.uint8)
     stats = compute_stats("zscore", image.reshape(-1, 3), dtype=np.uint8)
     plan = plan_for(image, spec, tile=48, halo=4, overlap=4, stats=stats, dtype=np.uint8, batch=2)
@@ -100,7 +92,7 @@ def test_gpu_resources_send_inference_to_gpu_workers_only(tmp_path) -> None:
     np.testing.assert_array_equal(target[:], refocus_dask(plan).compute(scheduler="threads"))
 
 
-def test_cluster_size() -> None:
+def test_cluster_size_splits_cores_into_workers_and_threads() -> None:
     assert cluster_size(cpu=2) == (2, 1)
     assert cluster_size(cpu=16) == (4, 4)
     assert cluster_size(3, None, cpu=16) == (3, 5)
@@ -108,7 +100,7 @@ def test_cluster_size() -> None:
     assert cluster_size(cpu=16, gpu=True) == (1, 4)
 
 
-def test_local_cluster_layout() -> None:
+def test_local_cluster_is_one_in_process_worker_unless_asked_or_large() -> None:
     from wsi_deepr.parallel.cluster import local_cluster_layout
 
     assert local_cluster_layout(cpu=2) == (1, 2, False)  # a small machine: one in-process worker
@@ -127,7 +119,7 @@ def _load_pipelines_module(name: str):
 
 
 @pytest.mark.parametrize("system", ["slurm", "pbs"])
-def test_jobqueue_gpu_worker_jobs(system) -> None:
+def test_jobqueue_gpu_job_script_requests_a_gpu_and_starts_the_worker(system) -> None:
     pytest.importorskip("dask_jobqueue")
     clusters = _load_pipelines_module("clusters")
     local = {"scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
@@ -137,8 +129,10 @@ def test_jobqueue_gpu_worker_jobs(system) -> None:
         script = cluster.job_script()
     finally:
         cluster.close()
-    assert "--resources GPU=1" in script and "--nthreads 8" in script
-    assert "source /opt/venv/bin/activate" in script and "MALLOC_ARENA_MAX=2" in script
+    assert "--resources GPU=1" in script
+    assert "--nthreads 8" in script
+    assert "source /opt/venv/bin/activate" in script
+    assert "MALLOC_ARENA_MAX=2" in script
     assert ("#SBATCH --gres=gpu:1" in script) if system == "slurm" else ("ngpus=1" in script)
     assert "wsi-deepr-worker" in script
 
@@ -149,4 +143,5 @@ def test_pipeline_scripts_parse() -> None:
         assert proc.returncode == 0, (name, proc.stderr)
     proc = subprocess.run([sys.executable, str(PIPELINES / "run_batch.py"), "--help"], capture_output=True,
                           text=True, check=False)
-    assert proc.returncode == 0 and "--system" in proc.stdout
+    assert proc.returncode == 0
+    assert "--system" in proc.stdout

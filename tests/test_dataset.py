@@ -62,10 +62,14 @@ def _write_small(path, n=10, patch=16, channels=("R", "G", "B")):
 def test_writer_reader_roundtrip_with_recorded_normalisation(tmp_path):
     path = tmp_path / "d.zarr"
     data, summary = _write_small(path)
-    assert summary["pairs"] == 10 and summary["train"] == 8 and summary["val"] == 2
-    assert summary["fov_train"] == 4 and summary["fov_val"] == 1
+    assert summary["pairs"] == 10
+    assert summary["train"] == 8
+    assert summary["val"] == 2
+    assert summary["fov_train"] == 4
+    assert summary["fov_val"] == 1
     attrs = read_attrs(path)
-    assert attrs["format"] == "wsi-deepr-pairs" and attrs["normalization"]["applied"] is False
+    assert attrs["format"] == "wsi-deepr-pairs"
+    assert attrs["normalization"]["applied"] is False
     targets = np.stack([np.rint(t * 255) / 255 for _, t in data[:8]])
     np.testing.assert_allclose(attrs["normalization"]["target"]["mean"], targets.mean(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(attrs["normalization"]["target"]["std"], targets.std(axis=(0, 1, 2)), rtol=1e-5)
@@ -74,12 +78,14 @@ def test_writer_reader_roundtrip_with_recorded_normalisation(tmp_path):
     item = raw[3]
     np.testing.assert_allclose(item["target"], data[3][1], atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(item["input"], data[3][0], atol=0.5 / 255 + 1e-6)
-    assert item["z_um"] == pytest.approx(-2.0) and item["index"] == 3
+    assert item["z_um"] == pytest.approx(-2.0)
+    assert item["index"] == 3
     val = PairDataset(path, split="val")
     assert [val[i]["index"] for i in range(len(val))] == [8, 9]
     train = PairDataset(path, split="train")
     x = train[0]["target"]
-    assert x.shape == (3, 16, 16) and x.dtype == np.float32
+    assert x.shape == (3, 16, 16)
+    assert x.dtype == np.float32
     stats = attrs["normalization"]["target"]
     expect = (np.rint(data[0][1] * 255) / 255 - stats["mean"]) / stats["std"]
     np.testing.assert_allclose(x, np.moveaxis(expect, -1, 0), atol=1e-4)
@@ -101,7 +107,7 @@ def test_reader_is_lazy_picklable_and_augments_input_and_target_together(tmp_pat
     assert len(seen) == 8  # all 8 flips/rotations occur
 
 
-def test_dihedral_group_and_running_stats():
+def test_dihedral_gives_eight_distinct_images_and_running_stats_match_numpy():
     img = np.arange(12.0).reshape(3, 4)
     outs = {dihedral(img, k).tobytes() for k in range(8)}
     assert len(outs) == 8
@@ -142,7 +148,8 @@ def test_writer_and_reader_errors(tmp_path):
 
 def test_build_simulated_is_reproducible_and_records_what_went_in(tmp_path, he_png):
     sources = open_sources([he_png], modality="brightfield")
-    assert sources[0].pixel_size_assumed and sources[0].pixel_size_um == 0.5
+    assert sources[0].pixel_size_assumed
+    assert sources[0].pixel_size_um == 0.5
     ranges = RandomizationRanges.for_modality("brightfield", z_um=(-3.0, 3.0), tilt_probability=0.5)
     kw = {"n_pairs": 12, "patch_size": 48, "ranges": ranges, "seed": 7, "workers": 1}
     summary = build_simulated(sources, tmp_path / "a.zarr", **kw)
@@ -151,11 +158,15 @@ def test_build_simulated_is_reproducible_and_records_what_went_in(tmp_path, he_p
     b = PairDataset(tmp_path / "b.zarr", split="all", normalize=False)
     for i in range(len(a)):
         np.testing.assert_array_equal(a[i]["input"], b[i]["input"])
-    assert summary["pairs"] == 12 and summary["train"] + summary["val"] == 12
-    assert -3.0 <= summary["z_um"]["min"] and summary["z_um"]["max"] <= 3.0
-    assert 0.5 <= summary["pixel_size_um"]["min"] and summary["pixel_size_um"]["max"] <= 1.0
+    assert summary["pairs"] == 12
+    assert summary["train"] + summary["val"] == 12
+    assert -3.0 <= summary["z_um"]["min"]
+    assert summary["z_um"]["max"] <= 3.0
+    assert 0.5 <= summary["pixel_size_um"]["min"]
+    assert summary["pixel_size_um"]["max"] <= 1.0
     info = summarize(tmp_path / "a.zarr")
-    assert info["sources"][0]["path"] == str(he_png) and info["settings"]["ranges"]["z_um"] == [-3.0, 3.0]
+    assert info["sources"][0]["path"] == str(he_png)
+    assert info["settings"]["ranges"]["z_um"] == [-3.0, 3.0]
     assert a[0]["input"].shape == (3, 48, 48)
     # the input is a blurred (lower-contrast) version of the target, clearly so far from focus
     item = max((a[i] for i in range(len(a))), key=lambda it: abs(it["z_um"]))
@@ -204,11 +215,13 @@ def test_fluorescence_sources_split_channels_with_their_wavelengths():
     sources = open_sources([shared_path("slides", "small_vectra.qptiff")], modality="fluorescence")
     assert [s.channels for s in sources] == [("DAPI",), ("FITC",), ("Cy3",)]
     assert [s.wavelengths_um[0] for s in sources] == [0.461, 0.52, 0.57]
-    assert sources[0].pixel_size_um == pytest.approx(0.4965, abs=1e-3) and not sources[0].pixel_size_assumed
+    assert sources[0].pixel_size_um == pytest.approx(0.4965, abs=1e-3)
+    assert not sources[0].pixel_size_assumed
     assert emission_wavelength("unknown") == 0.52
     planes = open_sources([f"{shared_path('stacks', 'mitochondria-fluorescence', 'mitochondria_zstack.ome.tif')}#18-20"],
                           modality="fluorescence")
-    assert len(planes) == 3 and planes[0].shape == (800, 512)
+    assert len(planes) == 3
+    assert planes[0].shape == (800, 512)
 
 
 # --- z-stack builder ------------------------------------------------------------------------------------
@@ -225,7 +238,8 @@ def test_build_from_stacks_pairs_every_plane_with_the_patch_ground_truth(tmp_pat
     summary, reports = build_from_stacks([st], tmp_path / "s.zarr", patch_size=64, max_offset=1,
                                          measure_residuals=False)
     assert reports[0]["chosen_planes"] == [0, 0, 0, 0]
-    assert summary["pairs"] == 4 * 3 and summary["fov_train"] + summary["fov_val"] == 4
+    assert summary["pairs"] == 4 * 3
+    assert summary["fov_train"] + summary["fov_val"] == 4
     ds = PairDataset(tmp_path / "s.zarr", split="all", normalize=False, layout="HWC")
     zs = sorted({round(float(ds[i]["z_um"]), 3) for i in range(len(ds))})
     assert zs == [-0.8, 0.0, 0.8]
@@ -242,7 +256,8 @@ def test_cli_dataset_simulate_and_info(tmp_path, he_png, capsys):
                "--patch-size", "32", "--workers", "1", "--z-range", "-2", "2"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "pairs 4" in text and "z_um" in text
+    assert "pairs 4" in text
+    assert "z_um" in text
     assert main(["dataset", "info", str(out)]) == 0
     assert "normalisation" in capsys.readouterr().out
     assert main(["dataset", "simulate", str(he_png), "-o", str(out), "--modality", "brightfield"]) == 2

@@ -16,9 +16,9 @@ import tifffile
 
 from wsi_deepr import open_slide, refocus
 from wsi_deepr.imaging.pyramid import pyramid_shapes
-from wsi_deepr.testing import conv_model, default_card, save_model
 
 from . import bioformats_info as bf
+from .builders import mono_card
 from .conftest import shared_path
 
 SLIDES = [
@@ -33,13 +33,8 @@ SLIDES = [
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return {
-        "rgb": save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx"),
-        "mono": save_model(conv_model(channels=1, depth=2, seed=1, card=default_card(
-            modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)), d / "mono.onnx"),
-    }
+def models(rgb_model, model_factory):
+    return {"rgb": rgb_model, "mono": model_factory("mono", mono_card(), channels=1, seed=1)}
 
 
 @pytest.mark.slow
@@ -49,7 +44,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
     src = shared_path("slides", name)
     out = tmp_path / "out.ome.tif"
     result = refocus(src, out, model=models[kind], tile=256, workers=2)
-    assert result.output == out and out.exists()
+    assert result.output == out
+    assert out.exists()
     # no temporary, scratch or lock left; the provenance sidecar beside the output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ome.tif", "out.ome.tif.json"]
 
@@ -72,7 +68,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
 
     # our own reader opens the output with the same metadata
     back = open_slide(out)
-    assert back.shape == source.shape and back.dtype == source.dtype
+    assert back.shape == source.shape
+    assert back.dtype == source.dtype
     assert back.channel_names == source.channel_names
     assert back.level_count == n_levels
     if mpp is not None:
@@ -80,7 +77,8 @@ def test_refocused_output_opens_in_bioformats(tmp_path, models, name, kind, shap
 
     with tifffile.TiffFile(out) as tif:
         xml = tif.ome_metadata
-    assert "wsi_deepr.model_sha256" in xml and result.model_sha256 in xml
+    assert "wsi_deepr.model_sha256" in xml
+    assert result.model_sha256 in xml
     stats = json.loads(tifffile.xml2dict(xml)["OME"]["StructuredAnnotations"]["MapAnnotation"]["Value"]["M"][
         [m["K"] for m in tifffile.xml2dict(xml)["OME"]["StructuredAnnotations"]["MapAnnotation"]["Value"]["M"]]
         .index("wsi_deepr.normalization")]["value"])

@@ -30,13 +30,15 @@ def test_weights_sum_to_one_and_cover_every_pixel(axis: AxisTiling) -> None:
         assert 0 <= start < stop <= axis.length
         w = axis.weights(i)
         assert w.shape == (stop - start,)
-        assert np.all(w > 0) and np.all(w <= 1)
+        assert np.all(w > 0)
+        assert np.all(w <= 1)
         total[start:stop] += w
         covered[start:stop] += 1
         # the window contains its core plus the halo on both sides
         wstart, wstop = axis.window(i)
         assert wstop - wstart == axis.tile
-        assert wstart + axis.halo <= start and stop <= wstop - axis.halo
+        assert wstart + axis.halo <= start
+        assert stop <= wstop - axis.halo
     assert np.all(covered >= 1)
     np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
 
@@ -105,7 +107,8 @@ def _work(shape, tile, halo, overlap, parallel=1):
 def test_chosen_tile_is_valid_and_never_costs_more_than_512(h, w, halo, overlap, parallel) -> None:
     tile = choose_tile((h, w), halo=halo, overlap=overlap, parallel=parallel)
     least = 2 * halo + max(2 * overlap, overlap + 1)
-    assert tile % 64 == 0 and max(512, least) <= tile <= max(1536, least + 63)
+    assert tile % 64 == 0
+    assert max(512, least) <= tile <= max(1536, least + 63)
     TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)  # a valid layout
     if least <= 512:
         assert _work((h, w), tile, halo, overlap, parallel) <= _work((h, w), 512, halo, overlap, parallel)

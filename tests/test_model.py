@@ -20,7 +20,8 @@ def test_card_is_read_from_metadata_props(tmp_path) -> None:
     assert (info.card.channels, info.card.halo, info.card.mpp) == (3, 7, 0.5)
     assert info.card.defocus_range_um == (-10.0, 10.0)
     assert dict(info.card.extra) == {"extra_key": "x"}
-    assert len(info.sha256) == 64 and info.name == "m"
+    assert len(info.sha256) == 64
+    assert info.name == "m"
 
 
 def test_incomplete_card_names_missing_keys(tmp_path) -> None:
@@ -31,7 +32,7 @@ def test_incomplete_card_names_missing_keys(tmp_path) -> None:
         load_model_info(path)
 
 
-def test_not_onnx(tmp_path) -> None:
+def test_not_onnx_is_a_model_error_and_a_missing_file_not_found(tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_text("this is not a protobuf")
     with pytest.raises(ModelError, match="not a valid ONNX model"):
@@ -60,7 +61,8 @@ def test_preview_models_are_used_only_when_named(tmp_path, monkeypatch) -> None:
     save_model(conv_model(card=default_card(status="preview")), tmp_path / "bf-preview.onnx")
     monkeypatch.setenv("WSI_DEEPR_MODEL_PATH", str(tmp_path))
     info = resolve_model("bf-preview", modality=Modality.BRIGHTFIELD)
-    assert info.card.preview and not info.card.default
+    assert info.card.preview
+    assert not info.card.default
     # no brightfield model has passed its gates: the error names the previews and how to use one
     if not any(m.card.modality is Modality.BRIGHTFIELD and not m.card.preview for m in list_models()):
         with pytest.raises(ModelNotFoundError, match=r"preview models.*bf-preview.*--model"):
@@ -96,9 +98,14 @@ def test_cuda_fails_fast_without_provider() -> None:
         providers_for("tpu")
 
 
-def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
-    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
-                      tmp_path / "m.onnx")
+@pytest.fixture
+def mono_depth3(model_factory):
+    """A 1-channel fluorescence conv model of depth 3 (z-score, halo 8)."""
+    return model_factory("m", default_card(modality="fluorescence", channels=1), channels=1, depth=3)
+
+
+def test_one_session_per_spec_and_batched_run(mono_depth3) -> None:
+    path = mono_depth3
     spec = SessionSpec(str(path), "cpu", 1)
     assert get_session(spec) is get_session(spec)
     batch = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
@@ -107,11 +114,10 @@ def test_one_session_per_spec_and_batched_run(tmp_path) -> None:
     np.testing.assert_allclose(out[:, 1:2], single, atol=1e-6)
 
 
-def test_cpu_calls_are_bounded_in_pixels(tmp_path, monkeypatch) -> None:
+def test_cpu_calls_are_bounded_in_pixels(mono_depth3, monkeypatch) -> None:
     import wsi_deepr.inference.session as inference
 
-    path = save_model(conv_model(channels=1, card=default_card(modality="fluorescence", channels=1)),
-                      tmp_path / "m.onnx")
+    path = mono_depth3
     spec = SessionSpec(str(path), "cpu", 1)
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
     whole = run_model(spec, batch, model_channels=1)  # 9 images of 32² in one call

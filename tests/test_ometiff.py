@@ -414,4 +414,5 @@ def test_bioformats_reads_fluorescence_pyramid(fluo_file: Path) -> None:
     assert series.pixel_type == "uint16"
     assert series.rgb is False
     assert (series.physical_size_x, series.physical_size_y) == (0.4, 0.5)
-    assert 'Name="DAPI"' in info.omexml and 'Name="FITC"' in info.omexml
+    assert 'Name="DAPI"' in info.omexml
+    assert 'Name="FITC"' in info.omexml

@@ -119,7 +119,8 @@ def test_psf_is_normalised_centred_and_never_amplifies_for_any_setting(na, wl, p
     np.testing.assert_allclose(k, k[::-1, ::-1], atol=1e-6 * k.max())
     # band-limited sampling may ring slightly negative, but the OTF stays an incoherent one
     o = otf(s, z, (2 * k.shape[0], 2 * k.shape[0]))
-    assert np.abs(o).max() <= 1.0 + 1e-5 and o[0, 0, 0].real == pytest.approx(1.0, abs=1e-6)
+    assert np.abs(o).max() <= 1.0 + 1e-5
+    assert o[0, 0, 0].real == pytest.approx(1.0, abs=1e-6)
 
 
 # --- applying defocus -----------------------------------------------------------------------------------
@@ -141,7 +142,8 @@ def test_tilted_plane_reduces_to_uniform_and_varies_across_the_field():
     np.testing.assert_allclose(flat, defocus(img, BRIGHTFIELD, 2.0), atol=1e-5)
     assert np.all(zmap == 2.0)
     tilted, zmap = defocus_tilted(img, BRIGHTFIELD, TiltedPlane(0.0, 0.1, 0.0))
-    assert zmap[0, 0] == pytest.approx(-0.1 * 47.5 * 0.5) and zmap[-1, 0] == pytest.approx(0.1 * 47.5 * 0.5)
+    assert zmap[0, 0] == pytest.approx(-0.1 * 47.5 * 0.5)
+    assert zmap[-1, 0] == pytest.approx(0.1 * 47.5 * 0.5)
     centre_err = np.abs(tilted[46:50] - img[46:50]).mean()
     edge_err = np.abs(tilted[:4] - img[:4]).mean()
     assert edge_err > 2 * centre_err  # sharp where the plane crosses focus, blurred at the edges
@@ -193,7 +195,8 @@ def test_fluorescence_realisations_never_jpeg():
     for _ in range(20):
         r = sample_realisation(rng, ranges, modality="fluorescence", native_pixel_size_um=0.3,
                                wavelengths_um=(0.52,), patch_size=64)
-        assert r.jpeg_quality is None and len(r.photometric) == 2
+        assert r.jpeg_quality is None
+        assert len(r.photometric) == 2
 
 
 def test_photometric_identity_and_noise_statistics():
@@ -211,9 +214,11 @@ def test_photometric_identity_and_noise_statistics():
 def test_jpeg_and_resample_keep_shapes_and_means():
     img = np.clip(_texture((64, 64, 3)) * 0.2 + 0.4, 0, 1)
     j = rz.jpeg_recompress(img, 50)
-    assert j.shape == img.shape and abs(j.mean() - img.mean()) < 0.01
+    assert j.shape == img.shape
+    assert abs(j.mean() - img.mean()) < 0.01
     small = rz.resample(img, (40, 40))
-    assert small.shape == (40, 40, 3) and abs(small.mean() - img.mean()) < 0.01
+    assert small.shape == (40, 40, 3)
+    assert abs(small.mean() - img.mean()) < 0.01
     const = np.full((50, 70), 0.3, np.float32)
     np.testing.assert_allclose(rz.resample(const, (31, 23)), 0.3, atol=1e-6)
 
@@ -243,11 +248,14 @@ def test_cli_simulate_writes_a_defocused_ome_tiff(tmp_path, capsys):
     out = tmp_path / "out.ome.tif"
     assert main(["simulate", str(src), "-o", str(out), "--z", "2", "--pixel-size", "0.4", "-q"]) == 0
     slide = open_slide(out)
-    assert slide.shape == (100, 300, 3) and slide.mpp == pytest.approx((0.4, 0.4))
+    assert slide.shape == (100, 300, 3)
+    assert slide.mpp == pytest.approx((0.4, 0.4))
     blurred = tifffile.imread(out).astype(float)
-    assert abs(blurred.mean() - img.mean()) < 1.0 and blurred.std() < 0.5 * img.std()
+    assert abs(blurred.mean() - img.mean()) < 1.0
+    assert blurred.std() < 0.5 * img.std()
     record = json.loads((tmp_path / "out.ome.tif.json").read_text())
-    assert record["setting"]["na"] == 0.75 and record["z_um"] == 2.0
+    assert record["setting"]["na"] == 0.75
+    assert record["z_um"] == 2.0
     tilted = tmp_path / "tilt.ome.tif"
     assert main(["simulate", str(src), "-o", str(tilted), "--tilt", "0", "0.05", "-q"]) == 0
     t = tifffile.imread(tilted).astype(float)

@@ -18,38 +18,25 @@ from wsi_deepr.inference.kernel import infer_windows
 from wsi_deepr.tiling.geometry import TileGrid
 from wsi_deepr.inference.session import SessionSpec, get_session
 from wsi_deepr.inference.normalization import NormStats, compute_stats
-from wsi_deepr.tiling.plan import RefocusPlan
 from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr
 from wsi_deepr.imaging.pyramid import downsample2
 from wsi_deepr.testing import conv_model, default_card, save_model
 
+from .builders import ArrayReader, plan_for
+
 DEPTH = 3  # receptive-field radius of the oracle model
 
 
-class ArrayReader:
-    """In-memory RegionReader."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def read(self, level, y0, x0, y1, x1):
-        assert level == 0
-        assert 0 <= y0 < y1 <= self.array.shape[0] and 0 <= x0 < x1 <= self.array.shape[1]
-        return self.array[y0:y1, x0:x1]
-
-
 @pytest.fixture(scope="module")
-def rgb_spec(tmp_path_factory) -> SessionSpec:
-    path = tmp_path_factory.mktemp("m") / "conv3.onnx"
-    save_model(conv_model(channels=3, depth=DEPTH, card=default_card(halo=DEPTH)), path)
+def rgb_spec(model_factory) -> SessionSpec:
+    path = model_factory("conv3", default_card(halo=DEPTH), depth=DEPTH)
     return SessionSpec(str(path), "cpu", 1)
 
 
 @pytest.fixture(scope="module")
-def mono_spec(tmp_path_factory) -> SessionSpec:
-    path = tmp_path_factory.mktemp("m") / "conv1.onnx"
+def mono_spec(model_factory) -> SessionSpec:
     card = default_card(modality="fluorescence", channels=1, halo=DEPTH)
-    save_model(conv_model(channels=1, depth=DEPTH, card=card, seed=3), path)
+    path = model_factory("conv1", card, channels=1, depth=DEPTH, seed=3)
     return SessionSpec(str(path), "cpu", 1)
 
 
@@ -64,14 +51,6 @@ def whole_image(spec: SessionSpec, image: np.ndarray, stats: NormStats, halo: in
         out = session.run(None, {"input": x})[0]
     y = out[0].transpose(1, 2, 0)[halo:-halo, halo:-halo]
     return stats.denormalize(y)
-
-
-def plan_for(image, spec, *, tile, halo, overlap, stats=None, model_channels=3, dtype=None, skip=None,
-             batch=3):
-    grid = TileGrid(image.shape[:2], tile=tile, halo=halo, overlap=overlap)
-    stats = stats or NormStats.identity(image.shape[2])
-    return RefocusPlan(ArrayReader(image), 0, grid, image.shape[2], spec, model_channels, stats, dtype,
-                       skip=skip, batch=batch)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +223,8 @@ def test_default_window_size_and_batch(tmp_path) -> None:
                         check_session=False)
     assert plan.grid.tile == choose_tile((2000, 2600), halo=88, overlap=16) > 512
     assert plan.batch == default_batch("cpu", plan.grid.tile) == 1
-    assert default_batch("cpu", 512) == 2 and default_batch("cpu", 640) == 1
+    assert default_batch("cpu", 512) == 2
+    assert default_batch("cpu", 640) == 1
     fixed = plan_refocus(open_slide(src), model, device="cpu", background="process", check_session=False)
     assert (fixed.grid.tile, fixed.batch) == (512, 2)  # the default
     with pytest.raises(ValueError, match="'huge'"):

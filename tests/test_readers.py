@@ -85,10 +85,13 @@ def test_shared_slide_metadata(name: str) -> None:
         assert slide.mpp == pytest.approx((mpp, mpp), abs=2e-4)
     for image in slide.associated.values():
         arr = image()
-        assert arr.ndim == 3 and arr.dtype == np.uint8 and arr.shape[2] == 3
+        assert arr.ndim == 3
+        assert arr.dtype == np.uint8
+        assert arr.shape[2] == 3
     y, x, c = shapes[-1]
     region = slide.read_region(slide.level_count - 1, y - 5, x - 7, y, x)
-    assert region.shape == (5, 7, c) and region.dtype == dtype
+    assert region.shape == (5, 7, c)
+    assert region.dtype == dtype
 
 
 def test_cmu_associated_shapes() -> None:
@@ -152,7 +155,7 @@ def test_smalltif_second_page_ignored_and_pixels() -> None:
     np.testing.assert_array_equal(slide.read_region(0, 0, 0, 480, 640)[..., 0], expected)
 
 
-def test_modality_override() -> None:
+def test_modality_can_be_forced_and_unknown_values_fail() -> None:
     path = shared_path(SLIDES, "smalltif.tif")
     assert open_slide(path, modality="brightfield").modality is Modality.BRIGHTFIELD
     assert open_slide(path, modality="auto").modality is Modality.FLUORESCENCE
@@ -164,7 +167,8 @@ def test_dask_levels_equal_direct_reads() -> None:
     slide = open_slide(shared_path(SLIDES, "boxes.tiff"), tile=64)
     for level, array in enumerate(slide.levels):
         y, x, c = slide.level_shapes[level]
-        assert array.shape == (y, x, c) and array.chunksize == (min(64, y), min(64, x), c)
+        assert array.shape == (y, x, c)
+        assert array.chunksize == (min(64, y), min(64, x), c)
         expected = slide.read_region(level, 0, 0, y, x)
         np.testing.assert_array_equal(array.compute(scheduler="threads"), expected)
 
@@ -224,15 +228,17 @@ def ome_pyramid(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return path, data
 
 
-def test_ome_pyramid(ome_pyramid: tuple[Path, np.ndarray]) -> None:
+def test_ome_pyramid_metadata_levels_and_pixels(ome_pyramid: tuple[Path, np.ndarray]) -> None:
     path, data = ome_pyramid
     slide = open_slide(path)
     assert (slide.backend, slide.format) == ("tifffile", "ome-tiff")
     assert slide.level_shapes == ((1000, 1300, 2), (500, 650, 2), (250, 325, 2))
-    assert slide.dtype == np.uint16 and slide.modality is Modality.FLUORESCENCE
+    assert slide.dtype == np.uint16
+    assert slide.modality is Modality.FLUORESCENCE
     assert slide.channel_names == ("DAPI", "FITC")
     assert slide.mpp == pytest.approx((0.3, 0.25))
-    assert set(slide.associated) == {"label"} and slide.associated["label"]().shape == (40, 90, 3)
+    assert set(slide.associated) == {"label"}
+    assert slide.associated["label"]().shape == (40, 90, 3)
     yxc = data.transpose(1, 2, 0)
     np.testing.assert_array_equal(slide.read_region(0, 990, 1290, 1000, 1300), yxc[990:, 1290:])
     np.testing.assert_array_equal(slide.read_region(2, 0, 0, 250, 325), yxc[::4, ::4])
@@ -247,10 +253,12 @@ def test_ome_z_stack_rejected(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormatError) as info:
         open_slide(path)
     msg = _one_line(info.value, path)
-    assert "axes ZYX" in msg and "Z=5" in msg and "export a single Z plane" in msg
+    assert "axes ZYX" in msg
+    assert "Z=5" in msg
+    assert "export a single Z plane" in msg
 
 
-def test_imagej_micron(tmp_path: Path) -> None:
+def test_imagej_tiff_reads_micron_mpp_and_channels(tmp_path: Path) -> None:
     data = np.random.default_rng(2).integers(0, 4000, (2, 300, 200), dtype=np.uint16)
     path = tmp_path / "imagej.tif"
     tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.325, 1 / 0.325),
@@ -258,7 +266,8 @@ def test_imagej_micron(tmp_path: Path) -> None:
     slide = open_slide(path)
     assert (slide.format, slide.level_shapes) == ("imagej-tiff", ((300, 200, 2),))
     assert slide.mpp == pytest.approx((0.325, 0.325))
-    assert slide.channel_names == ("C0", "C1") and slide.modality is Modality.FLUORESCENCE
+    assert slide.channel_names == ("C0", "C1")
+    assert slide.modality is Modality.FLUORESCENCE
     expected = data[:, 10:, 20:].transpose(1, 2, 0)
     np.testing.assert_array_equal(slide.read_region(0, 10, 20, 300, 200), expected)
 
@@ -272,7 +281,8 @@ def test_stripped_rgb_tiff(tmp_path: Path, planar: str) -> None:
                      resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     slide = open_slide(path)
     assert (slide.backend, slide.format, slide.shape) == ("tifffile", "generic-tiff", (301, 257, 3))
-    assert slide.modality is Modality.BRIGHTFIELD and slide.channel_names == ("R", "G", "B")
+    assert slide.modality is Modality.BRIGHTFIELD
+    assert slide.channel_names == ("R", "G", "B")
     assert slide.mpp == pytest.approx((0.5, 0.5))
     np.testing.assert_array_equal(slide.read_region(0, 290, 250, 301, 257), data[290:, 250:])
     np.testing.assert_array_equal(slide.with_tile(128).levels[0].compute(), data)
@@ -283,7 +293,8 @@ def test_rgba_tiff_drops_alpha(tmp_path: Path) -> None:
     path = tmp_path / "rgba.tif"
     tifffile.imwrite(path, data, photometric="rgb", extrasamples=["unassalpha"], tile=(32, 32))
     slide = open_slide(path)
-    assert slide.shape == (70, 90, 3) and slide.modality is Modality.BRIGHTFIELD
+    assert slide.shape == (70, 90, 3)
+    assert slide.modality is Modality.BRIGHTFIELD
     np.testing.assert_array_equal(slide.read_region(0, 5, 6, 70, 90), data[5:, 6:, :3])
 
 
@@ -291,7 +302,8 @@ def test_placeholder_dpi_is_unknown_mpp(tmp_path: Path) -> None:
     path = tmp_path / "gray.tif"
     tifffile.imwrite(path, np.zeros((40, 30), np.uint8), resolution=(72, 72), resolutionunit="INCH")
     slide = open_slide(path)
-    assert slide.mpp is None and slide.shape == (40, 30, 1)
+    assert slide.mpp is None
+    assert slide.shape == (40, 30, 1)
     assert slide.modality is Modality.FLUORESCENCE
 
 
@@ -312,7 +324,7 @@ def test_rgba_composited_onto_white() -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_missing_path(tmp_path: Path) -> None:
+def test_missing_path_is_not_found(tmp_path: Path) -> None:
     path = tmp_path / "nope.svs"
     with pytest.raises(SlideNotFoundError) as info:
         open_slide(path)
@@ -320,14 +332,15 @@ def test_missing_path(tmp_path: Path) -> None:
     assert "not found" in _one_line(info.value, path)
 
 
-def test_directory(tmp_path: Path) -> None:
+def test_directory_is_refused_with_an_mrxs_hint(tmp_path: Path) -> None:
     with pytest.raises(SlideNotFoundError) as info:
         open_slide(tmp_path)
     msg = _one_line(info.value, tmp_path)
-    assert "is a directory" in msg and ".mrxs" in msg
+    assert "is a directory" in msg
+    assert ".mrxs" in msg
 
 
-def test_empty_file(tmp_path: Path) -> None:
+def test_empty_file_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "zero.svs"
     path.touch()
     with pytest.raises(CorruptSlideError) as info:
@@ -336,7 +349,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.4, 0.9, 0.999])
-def test_truncated_svs(tmp_path: Path, fraction: float) -> None:
+def test_truncated_svs_is_corrupt_on_every_backend(tmp_path: Path, fraction: float) -> None:
     data = shared_path(SLIDES, "CMU-1-Small-Region.svs").read_bytes()
     path = tmp_path / "part.svs"
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -346,7 +359,7 @@ def test_truncated_svs(tmp_path: Path, fraction: float) -> None:
         assert "truncated" in _one_line(info.value, path)
 
 
-def test_truncated_tiles(tmp_path: Path) -> None:
+def test_truncated_last_tile_is_corrupt(tmp_path: Path) -> None:
     src = tmp_path / "tiled.tif"
     image = np.random.default_rng(4).integers(0, 255, (512, 512), np.uint8)
     tifffile.imwrite(src, image, tile=(128, 128))
@@ -383,25 +396,28 @@ def _write_zip(path: Path) -> None:
     ("image.jpg", _write_jpeg, "JPEG"),
     ("archive.zip", _write_zip, "ZIP"),
 ])
-def test_common_image_formats(tmp_path: Path, name: str, writer, what: str) -> None:
+def test_png_jpeg_and_zip_are_refused_with_a_conversion_hint(tmp_path: Path, name: str, writer, what: str) -> None:
     path = tmp_path / name
     writer(path)
     with pytest.raises(UnsupportedFormatError) as info:
         open_slide(path)
     msg = _one_line(info.value, path)
-    assert what in msg and "convert the image to OME-TIFF" in msg
-    assert "Aperio SVS" in msg and "NDPI" in msg
+    assert what in msg
+    assert "convert the image to OME-TIFF" in msg
+    assert "Aperio SVS" in msg
+    assert "NDPI" in msg
 
 
 @pytest.mark.parametrize("content", [b"just some text\nnot a slide\n", bytes(range(256)) * 7])
-def test_not_an_image(tmp_path: Path, content: bytes) -> None:
+def test_non_image_bytes_are_refused_on_every_backend(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "thing.svs"
     path.write_bytes(content)
     for backend in ("auto", "openslide", "tifffile"):
         with pytest.raises(UnsupportedFormatError) as info:
             open_slide(path, backend=backend)
         assert "not an image" in _one_line(info.value, path)
-        assert isinstance(info.value, WsiDeeprError) and isinstance(info.value, ValueError)
+        assert isinstance(info.value, WsiDeeprError)
+        assert isinstance(info.value, ValueError)
 
 
 def test_forced_backend_mismatch() -> None:

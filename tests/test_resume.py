@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
 from wsi_deepr import refocus
 from wsi_deepr.errors import OutputLockedError
 from wsi_deepr.runsafe.lock import OutputLock, lock_path
 from wsi_deepr.runsafe.resume import BlockMarkers, open_scratch, scratch_path
-from wsi_deepr.testing import conv_model, default_card, save_model
+from .builders import make_mono, make_rgb, mono_card, read_levels
 
 # window 264 - 2 * halo 4 = stride 256: blocks of 256 x 512 px with one block-local
 # reduced level (chunks 128 x 256); the next level comes from build_pyramid
@@ -36,33 +35,9 @@ RGB_ARGS = ["--tile", "264", "--batch", "2"]
 MONO_ARGS = ["--tile", "136", "--batch", "2"]
 
 
-def make_rgb(path: Path, shape=(2100, 1700), seed: int = 0) -> Path:
-    """Smooth random RGB (JPEG tiles): 2 reduced levels, sizes not multiples of anything."""
-    rng = np.random.default_rng(seed)
-    small = rng.random((shape[0] // 16 + 2, shape[1] // 16 + 2, 3))
-    data = np.repeat(np.repeat(small, 16, axis=0), 16, axis=1)[: shape[0], : shape[1]]
-    data = (data * 200 + rng.random((*shape, 3)) * 55).astype(np.uint8)
-    tifffile.imwrite(path, data, photometric="rgb", tile=(256, 256), compression="jpeg",
-                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
-    return path
-
-
-def make_mono(path: Path, shape=(1200, 1000), seed: int = 1) -> Path:
-    """Two-channel uint16 fluorescence OME-TIFF."""
-    rng = np.random.default_rng(seed)
-    data = (rng.random((2, *shape)) * 4000 + 100).astype(np.uint16)
-    tifffile.imwrite(path, data, photometric="minisblack", tile=(256, 256), metadata={"axes": "CYX"})
-    return path
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    card = default_card(modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)
-    return {
-        "rgb": save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)), d / "rgb.onnx"),
-        "mono": save_model(conv_model(channels=1, depth=2, seed=2, card=card), d / "mono.onnx"),
-    }
+def models(rgb_model, model_factory) -> dict[str, Path]:
+    return {"rgb": rgb_model, "mono": model_factory("mono", mono_card(), channels=1, seed=2)}
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +51,6 @@ def slides(tmp_path_factory, models) -> dict[str, tuple[Path, list[np.ndarray]]]
         refocus(src, ref, model=models[kind], tile=int(args[1]), batch=2, workers=2)
         out[kind] = (src, read_levels(ref))
     return out
-
-
-def read_levels(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tif:
-        return [level.asarray() for level in tif.series[0].levels]
 
 
 def cli(*args, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -125,7 +95,8 @@ def test_kill9_brightfield_then_rerun_is_pixel_identical(tmp_path, models, slide
     if point == "prepared":
         assert resumed_blocks == 0
     elif point.startswith("blocks"):
-        assert 14 <= resumed_blocks < 36 and "blocks resumed" in stdout
+        assert 14 <= resumed_blocks < 36
+        assert "blocks resumed" in stdout
     else:
         assert resumed_blocks == 36  # all blocks; and the complete reduced level
 
@@ -153,7 +124,8 @@ def test_kill9_fluorescence_lossless_identical(tmp_path, models, slides, capsys)
         kill_at(point, *args)
     rerun(capsys, *args, "-q")
     got = read_levels(out)
-    assert got[0].dtype == np.uint16 and got[0].shape == (2, 1200, 1000)
+    assert got[0].dtype == np.uint16
+    assert got[0].shape == (2, 1200, 1000)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -179,7 +151,8 @@ def test_interrupted_api_run_resumes_and_untrusted_chunks_are_redone(tmp_path, m
     scratch = scratch_path(out)
     markers = BlockMarkers(scratch / ".blocks")
     done = markers.load()
-    assert 5 <= len(done) < 36 and not lock_path(out).exists()
+    assert 5 <= len(done) < 36
+    assert not lock_path(out).exists()
     by, bx = min(done)
     chunk = scratch / "0" / "c" / str(by) / str(bx) / "0"
     chunk.write_bytes(b"half-written")  # a torn chunk...
@@ -244,5 +217,8 @@ def test_cli_refuses_a_locked_output(tmp_path, models, slides, capsys) -> None:
         code = main(["refocus", str(src), "-o", str(out), "--model", str(models["rgb"]), "--scheduler", "threads"])
     err = capsys.readouterr().err
     assert code == 2
-    assert len(err.strip().splitlines()) == 1 and str(lock_path(out)) in err and "locked" in err
-    assert not out.exists() and not scratch_path(out).exists()
+    assert len(err.strip().splitlines()) == 1
+    assert str(lock_path(out)) in err
+    assert "locked" in err
+    assert not out.exists()
+    assert not scratch_path(out).exists()

@@ -17,7 +17,8 @@ from wsi_deepr.writers.ometiff import write_ome_tiff
 from wsi_deepr.readers.reduced import ReducedReader, reduced_shape
 from wsi_deepr.imaging.pyramid import downsample2
 from wsi_deepr.tiling.scale import TOLERANCE, choose_scale
-from wsi_deepr.testing import conv_model, default_card, save_model
+
+from .builders import rgb_card
 
 
 # ---------------------------------------------------------------- decision
@@ -49,9 +50,11 @@ def test_native_for_unknown_coarser_or_forced() -> None:
     assert "no pixel size" in choose_scale([None], model_mpp=0.7).reason
     assert "no training pixel size" in choose_scale([0.25], model_mpp=None).reason
     coarse = choose_scale([2.0], model_mpp=0.7, model_mpp_range=(0.5, 1.0))
-    assert coarse.action == "native" and "coarser" in coarse.reason
+    assert coarse.action == "native"
+    assert "coarser" in coarse.reason
     forced = choose_scale([0.25, 0.5], model_mpp=0.7, model_mpp_range=(0.5, 1.0), mode="native")
-    assert forced.action == "native" and "native scale was requested" in forced.reason
+    assert forced.action == "native"
+    assert "native scale was requested" in forced.reason
     with pytest.raises(ValueError, match="scale mode 'half'"):
         choose_scale([0.25], model_mpp=0.7, mode="half")
 
@@ -79,7 +82,8 @@ def test_decision_keeps_the_most_detail_inside_the_range(s0, lo, ratio, n_levels
     d = choose_scale(mpps, model_mpp=(lo + hi) / 2, model_mpp_range=(lo, hi))
     lo_t, hi_t = lo * (1 - TOLERANCE), hi * (1 + TOLERANCE)
     if lo_t <= s0 <= hi_t or s0 > hi_t:
-        assert d.action == "native" and d.processing_mpp == s0
+        assert d.action == "native"
+        assert d.processing_mpp == s0
         return
     assert d.processing_mpp == pytest.approx(mpps[d.level] * d.factor)
     achievable = [m for m in mpps if lo_t <= m <= hi_t]
@@ -90,7 +94,8 @@ def test_decision_keeps_the_most_detail_inside_the_range(s0, lo, ratio, n_levels
         assert d.processing_mpp <= min(achievable) + 1e-9
     if d.action == "downsample":
         base = mpps[d.level]
-        assert d.factor >= 2 and (d.factor == 2 or base * (d.factor - 1) < lo)  # the smallest factor
+        assert d.factor >= 2  # the smallest factor
+        assert d.factor == 2 or base * (d.factor - 1) < lo
 
 
 # ---------------------------------------------------------------- reader
@@ -137,9 +142,9 @@ def test_reduced_reader_regions_equal_the_whole(h, w, f, data) -> None:
 
 # ---------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def rgb_model(tmp_path_factory):
-    card = default_card(halo=4, normalization="range", mpp="0.7", mpp_range="[0.5, 1.0]")
-    return save_model(conv_model(channels=3, depth=2, card=card), tmp_path_factory.mktemp("m") / "m.onnx")
+def range_model(model_factory):
+    """RGB test model for slides of 0.5-1.0 um/px (card mpp 0.7, range normalisation)."""
+    return model_factory("m", rgb_card(normalization="range", mpp="0.7", mpp_range="[0.5, 1.0]"))
 
 
 def _slide(path, image, mpp, *, pyramid=True):
@@ -156,10 +161,10 @@ def _image(shape, seed=0):
     return np.clip(base + rng.normal(0, 10, (*shape, 3)), 0, 255).astype(np.uint8)
 
 
-def test_a_40x_slide_is_refocused_at_its_20x_level(tmp_path, rgb_model) -> None:
+def test_a_40x_slide_is_refocused_at_its_20x_level(tmp_path, range_model) -> None:
     src = _slide(tmp_path / "s40.ome.tif", _image((300, 420)), 0.25)
     out = tmp_path / "out.ome.tif"
-    result = refocus(src, out, model=rgb_model, tile=128, workers=2)
+    result = refocus(src, out, model=range_model, tile=128, workers=2)
     scale = result.provenance["scale"]
     assert (scale["action"], scale["level"], scale["factor"]) == ("level", 1, 1)
     assert scale["processing_mpp"] == pytest.approx(0.5)
@@ -169,25 +174,25 @@ def test_a_40x_slide_is_refocused_at_its_20x_level(tmp_path, rgb_model) -> None:
     assert json.loads(out.with_name("out.ome.tif.json").read_text())["scale"]["action"] == "level"
     # the same pixels as refocusing that level written as a slide of its own
     level1 = open_slide(src).read_region(1, 0, 0, *open_slide(src).level_shapes[1][:2])
-    ref = refocus(_slide(tmp_path / "l1.ome.tif", level1, 0.5), tmp_path / "ref.ome.tif", model=rgb_model,
+    ref = refocus(_slide(tmp_path / "l1.ome.tif", level1, 0.5), tmp_path / "ref.ome.tif", model=range_model,
                   tile=128, workers=2)
     assert ref.provenance["scale"]["action"] == "native"
     np.testing.assert_array_equal(tifffile.imread(out, level=0), tifffile.imread(ref.output, level=0))
     # native scale on request: full resolution, recorded
-    full = refocus(src, tmp_path / "full.ome.tif", model=rgb_model, tile=128, workers=2, scale="native")
+    full = refocus(src, tmp_path / "full.ome.tif", model=range_model, tile=128, workers=2, scale="native")
     assert open_slide(full.output).shape == (300, 420, 3)
     assert "native scale was requested" in full.provenance["scale"]["reason"]
 
 
-def test_a_flat_fine_slide_is_reduced_by_area_mean(tmp_path, rgb_model) -> None:
+def test_a_flat_fine_slide_is_reduced_by_area_mean(tmp_path, range_model) -> None:
     img = _image((260, 330), seed=1)
     src = _slide(tmp_path / "fine.ome.tif", img, 0.2, pyramid=False)
     out = tmp_path / "out.ome.tif"
-    result = refocus(src, out, model=rgb_model, tile=128, workers=2)
+    result = refocus(src, out, model=range_model, tile=128, workers=2)
     scale = result.provenance["scale"]
     assert (scale["action"], scale["factor"]) == ("downsample", 3)
     assert open_slide(out).mpp == pytest.approx((0.6, 0.6))
     reduced = ReducedReader(open_slide(src).reader, 0, 3, img.shape, np.dtype(np.uint8))
     ref = refocus(_slide(tmp_path / "r.ome.tif", reduced.read(0, 0, 0, *reduced.shape[:2]), 0.6),
-                  tmp_path / "ref.ome.tif", model=rgb_model, tile=128, workers=2)
+                  tmp_path / "ref.ome.tif", model=range_model, tile=128, workers=2)
     np.testing.assert_array_equal(tifffile.imread(out, level=0), tifffile.imread(ref.output, level=0))

@@ -40,7 +40,9 @@ def test_shipped_models_are_listed_valid_and_small() -> None:
         assert path.stat().st_size <= 10 * 2**20  # the budget
         card = info.card
         assert card.default != card.preview  # released as a default, or a preview used only by name
-        assert card.mpp and card.mpp_range and card.halo > 0
+        assert card.mpp
+        assert card.mpp_range
+        assert card.halo > 0
         parse_spec(card.normalization)
         assert (PACKAGE_MODELS / f"{path.stem}.MODEL_CARD.md").is_file()
         assert info.sha256 in (PACKAGE_MODELS / f"{path.stem}.MODEL_CARD.md").read_text()
@@ -91,7 +93,8 @@ def test_brightfield_preview_refocuses_a_defocused_real_image(tmp_path) -> None:
 
 def test_default_fluorescence_model_is_the_shipped_one() -> None:
     info = resolve_model(None, modality=Modality.FLUORESCENCE)
-    assert info.path.parent == PACKAGE_MODELS and info.card.channels == 1
+    assert info.path.parent == PACKAGE_MODELS
+    assert info.card.channels == 1
 
 
 @pytest.mark.slow

@@ -111,7 +111,8 @@ def test_untrained_generator_is_identity_for_any_size():
 def test_discriminator_gives_one_probability_per_image():
     d = Discriminator(3, width=4, depth=3)
     p = d(torch.randn(3, 3, 40, 56))
-    assert p.shape == (3,) and bool(((p > 0) & (p < 1)).all())
+    assert p.shape == (3,)
+    assert bool(((p > 0) & (p < 1)).all())
 
 
 # ----------------------------------------------------------------------------- data
@@ -135,13 +136,15 @@ def test_torch_pairs_model_space_and_augmentation(pairs):
     np.testing.assert_allclose(back, inp, atol=1e-5)
     torch.testing.assert_close(data.to_std(torch.from_numpy(inp)[None]), torch.from_numpy(zi)[None],
                                atol=1e-5, rtol=0)
-    assert data.card_info()["mpp"] == 0.5 and data.berhu_threshold() > 0
+    assert data.card_info()["mpp"] == 0.5
+    assert data.berhu_threshold() > 0
     x, y = TorchPairs(pairs, crop=32, augment=True).batch(np.random.default_rng(0), 3)
     assert x.shape == y.shape == (3, 3, 32, 32)
     # grey pairs: R = G = B in both images; contrast jitter keeps [0, 1]
     x, y = data.batch(np.random.default_rng(0), 4, gray_prob=1.0, contrast_jitter=0.5)
     for t in (x, y):
-        assert float((t[:, 0] - t[:, 2]).abs().max()) == 0.0 and 0.0 <= float(t.min()) <= float(t.max()) <= 1.0
+        assert float((t[:, 0] - t[:, 2]).abs().max()) == 0.0
+        assert 0.0 <= float(t.min()) <= float(t.max()) <= 1.0
     # identity pairs: the input is the target itself; a contrast range scales both alike
     x, y = data.batch(np.random.default_rng(1), 4, identity_prob=1.0, contrast_range=(0.3, 0.5))
     torch.testing.assert_close(x, y)
@@ -174,22 +177,28 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
                        "--val-samples", "3", "--log-every", "1", "--threads", "1"]) == 0
     with open(run / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["kind"] for r in rows].count("val") == 1 and rows[-1]["val_ssim"]
+    assert [r["kind"] for r in rows].count("val") == 1
+    assert rows[-1]["val_ssim"]
     assert {r["phase"] for r in rows} == {"warmup", "gan"}
     gan = [r for r in rows if r["kind"] == "train" and r["phase"] == "gan"]
     assert all(float(r["c_adv"]) > 0 and float(r["d_loss"]) > 0 for r in gan)
     best = load_checkpoint(run / "best.pt")  # weights_only=True
-    assert best["iteration"] == 3 and "generator" in best
+    assert best["iteration"] == 3
+    assert "generator" in best
 
     out = tmp_path / "tiny.onnx"
     report = export_onnx(run / "best.pt", out, card={"version": "0.0.1", "description": "test"})
     assert report["parity"]["max_abs_diff"] <= 1e-4
     assert len(report["parity"]["shapes"]) == 3  # random, odd-sized and real tiles
     info = load_model_info(out)
-    assert info.card.modality.value == "brightfield" and info.card.channels == 3
-    assert info.card.mpp == 0.5 and info.card.normalization == "range" and info.card.halo > 0
+    assert info.card.modality.value == "brightfield"
+    assert info.card.channels == 3
+    assert info.card.mpp == 0.5
+    assert info.card.normalization == "range"
+    assert info.card.halo > 0
     assert info.card.mpp_range == (0.5, 0.5)  # the training pixel sizes, for scale-aware inference
-    assert info.card.version == "0.0.1" and not info.card.default
+    assert info.card.version == "0.0.1"
+    assert not info.card.default
     import onnx
 
     meta = {p.key for p in onnx.load(str(out)).metadata_props}
@@ -212,7 +221,8 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
 
     model = Refocuser(out, threads=1)
     table = evaluate_pairs(model, pairs, max_samples=3, rl_iterations=3, margin=4)
-    assert table["samples"] == 3 and all(r["n_rl"] == r["n"] for r in table["rows"])
+    assert table["samples"] == 3
+    assert all(r["n_rl"] == r["n"] for r in table["rows"])
     assert all(0 < r["ssim_rl"] <= 1 and 0 < r["ssim_output"] <= 1 for r in table["rows"])
     assert "RL-true-PSF" in markdown_table(table)
     # the MODEL_CARD text: card values as JSON, the training pixel-size range, the validation table, limits
@@ -220,8 +230,11 @@ def test_tiny_training_run_exports_with_parity_and_card(pairs, tmp_path):
 
     text = model_card_markdown({"model": str(out), "sha256": info.sha256, "card": info.card.as_dict(),
                                 "pairs": table}, limits=["a known limit"])
-    assert info.sha256 in text and "| mpp_range | [0.5, 0.5] |" in text and "* a known limit" in text
-    assert "| defocus_range_um | [" in text and "RL-true-PSF" in text
+    assert info.sha256 in text
+    assert "| mpp_range | [0.5, 0.5] |" in text
+    assert "* a known limit" in text
+    assert "| defocus_range_um | [" in text
+    assert "RL-true-PSF" in text
 
 
 @pytest.mark.slow
@@ -250,7 +263,8 @@ def test_resumed_run_matches_an_uninterrupted_one(pairs, tmp_path):
     assert a["weights"] == pytest.approx(b["weights"], rel=1e-4)
     with open(tmp_path / "b" / "log.csv", newline="") as fh:
         its = [int(r["iteration"]) for r in csv.DictReader(fh) if r["kind"] == "train"]
-    assert its == sorted(its) and its[-1] == 4
+    assert its == sorted(its)
+    assert its[-1] == 4
 
 
 def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
@@ -261,7 +275,8 @@ def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
     # zero iterations: the new run's weights are exactly the initial ones
     train(dataclasses.replace(_tiny(pairs, iterations=0), init=str(tmp_path / "a" / "last.pt")), tmp_path / "b")
     b = load_checkpoint(tmp_path / "b" / "last.pt")
-    assert b["iteration"] == 0 and b["config"]["init"].endswith("last.pt")
+    assert b["iteration"] == 0
+    assert b["config"]["init"].endswith("last.pt")
     for key, value in src["generator"].items():
         torch.testing.assert_close(b["generator"][key], value)
     for key, value in src["discriminator"].items():
@@ -331,21 +346,23 @@ def test_smear_stack_check_runs_on_the_real_focal_series():
 
     report = evaluate_stack(identity, folder)
     labels = [r["plane"] for r in report["rows"]]
-    assert 0 not in labels and {-5, -1, 1, 5} <= set(labels)
+    assert 0 not in labels
+    assert {-5, -1, 1, 5} <= set(labels)
     for r in report["rows"]:  # an identity "model" changes nothing
         assert r["ssim_output"] == pytest.approx(r["ssim_input"])
     far = {r["plane"]: r["ssim_input"] for r in report["rows"]}
     assert far[1] > far[5]  # farther planes are less similar to z+00
 
 
-def test_block_bootstrap_interval():
+def test_block_bootstrap_interval_brackets_the_mean_and_is_narrow():
     from export.evaluate import block_bootstrap_ci
 
     assert block_bootstrap_ci(np.full((100, 90), 0.25)) == pytest.approx([0.25, 0.25])
     rng = np.random.default_rng(0)
     noise = rng.normal(0.01, 0.05, (256, 256))
     lo, hi = block_bootstrap_ci(noise)
-    assert lo < noise.mean() < hi and hi - lo < 0.01
+    assert lo < noise.mean() < hi
+    assert hi - lo < 0.01
     assert block_bootstrap_ci(np.full((10, 10), -1.0)) == pytest.approx([-1.0, -1.0])  # one block
 
 
@@ -363,7 +380,8 @@ def test_stack_check_on_a_multipage_tiff_with_a_reference_plane(tmp_path):
     tifffile.imwrite(path, np.stack(planes).astype(np.uint16), ome=True, metadata={"axes": "ZYX"})
     report = evaluate_stack(lambda a: a, path, reference=3, step=1)
     rows = {r["plane"]: r for r in report["rows"]}
-    assert sorted(rows) == [-3, -2, -1, 1, 2, 3] and report["reference"] == 3
+    assert sorted(rows) == [-3, -2, -1, 1, 2, 3]
+    assert report["reference"] == 3
     assert rows[1]["ssim_input"] > rows[3]["ssim_input"]
     assert not report["improves_all_1_to_5"]  # the identity improves nothing
     assert all(max(map(abs, r["change_ci95"])) < 1e-3 for r in rows.values())  # nothing changed
