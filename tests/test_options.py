@@ -10,15 +10,8 @@ from wsi_deepr import refocus
 from wsi_deepr.cli import main
 from wsi_deepr.errors import OptionError
 from wsi_deepr.options import RefocusOptions
-from wsi_deepr.testing import conv_model, default_card, save_model
 
 from .conftest import shared_path
-
-@pytest.fixture(scope="module")
-def mono_model(tmp_path_factory):
-    card = default_card(modality="fluorescence", channels=1, normalization="percentile:1:99.8", halo=4)
-    return save_model(conv_model(channels=1, depth=2, card=card), tmp_path_factory.mktemp("m") / "mono.onnx")
-
 
 BAD = [
     {"compression": "foo"},

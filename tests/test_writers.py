@@ -498,16 +498,8 @@ def test_read_only_directory_is_an_output_error(tmp_path: Path, fmt: str) -> Non
 # ------------------------------------------------------------------ through refocus
 
 
-@pytest.fixture(scope="module")
-def rgb_test_model(tmp_path_factory):
-    from wsi_deepr.testing import conv_model, default_card, save_model
-
-    return save_model(conv_model(channels=3, depth=2, card=default_card(halo=4)),
-                      tmp_path_factory.mktemp("m") / "rgb.onnx")
-
-
 @pytest.mark.slow
-def test_refocus_writes_each_format_by_suffix_with_the_same_pixels(tmp_path, rgb_test_model) -> None:
+def test_refocus_writes_each_format_by_suffix_with_the_same_pixels(tmp_path, rgb_model) -> None:
     """``-o x.ome.tif``, ``x.tif`` and ``x.ome.zarr`` hold the same refocused pixels at every level."""
     import openslide
     import zarr
@@ -518,7 +510,7 @@ def test_refocus_writes_each_format_by_suffix_with_the_same_pixels(tmp_path, rgb
     outs = {fmt: tmp_path / f"x{suffix}" for fmt, suffix in
             (("ome-tiff", ".ome.tif"), ("tiff", ".tif"), ("ome-zarr", ".ome.zarr"))}
     for out in outs.values():
-        refocus(slide, out, model=rgb_test_model, compression="zlib" if out.suffix != ".zarr" else "auto",
+        refocus(slide, out, model=rgb_model, compression="zlib" if out.suffix != ".zarr" else "auto",
                 workers=2)
     with tifffile.TiffFile(outs["ome-tiff"]) as tif:
         reference = [level.asarray() for level in tif.series[0].levels]
