@@ -94,11 +94,9 @@ def quantize(src: Path, out: Path, patches: list[np.ndarray], *, ops: list[str],
 
 def seconds_per_mp(path: Path, channels: int, *, tile: int = 512, workers: int = 2, repeats: int = 4) -> float:
     """Wall seconds per megapixel, ``workers`` single-threaded sessions running windows at once."""
-    import onnxruntime as ort
+    from wsi_deepr.inference.session import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(path, device="cpu", threads=1)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
     sess.run(None, {name: x})

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsi_deepr.inference.session import create_session
+
 from .models import Generator, count_parameters
 from .train import build_generator, lineage_entry, load_checkpoint
 
@@ -107,19 +109,9 @@ def measure_halo(gen: Generator, samples: list[np.ndarray], *, size: int = 320,
     return result
 
 
-def _session(path: Path, threads: int = 2):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def parity_check(path: Path, gen: Generator, tiles: list[np.ndarray], *, tol: float = PARITY_TOL) -> dict:
     """Max |ONNX Runtime - torch| over ``tiles`` (each ``(N, C, H, W)``); raise above ``tol``."""
-    sess = _session(path)
+    sess = create_session(path, device="cpu", threads=2)
     name = sess.get_inputs()[0].name
     worst, shapes = 0.0, []
     gen.eval()
