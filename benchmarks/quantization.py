@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---|---:|---|")
     for r in rows:
         worse = ", ".join(f"{p:+d}" for p in r.get("smear_significantly_worse", [])) or "none"
-        mean = r.get("smear_mean_change")
-        print(f"| {r['variant']} | {r['s_per_mp']:.3f} | {r['speedup']:.2f} | {r['gain_abs_z_ge_3']:+.3f} | "
+        mean, gain = r.get("smear_mean_change"), r["gain_abs_z_ge_3"]  # None: no such pairs or no stack
+        print(f"| {r['variant']} | {r['s_per_mp']:.3f} | {r['speedup']:.2f} | {'–' if gain is None else f'{gain:+.3f}'} | "
               f"{r['beats_rl_everywhere']} | {'–' if mean is None else f'{mean:+.4f}'} | {worse} |")
     if args.json:
         args.json.write_text(json.dumps({"model": info.name, "rows": rows}, indent=2))

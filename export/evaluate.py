@@ -68,7 +68,7 @@ class Refocuser:
         self.info = load_model_info(path)
         self.session = SessionSpec(str(path), device="cpu", intra_op_threads=threads)
         get_session(self.session)  # fail here, not on the first image
-        self.spec = self.info.card.normalization
+        self.normalization = self.info.card.normalization
 
     def __call__(self, image: np.ndarray, *, prescaled: bool = False) -> np.ndarray:
         """Refocus one ``(H, W, C)`` float image in ``[0, 1]`` (8-bit scale).
@@ -84,10 +84,10 @@ class Refocuser:
 
         img = np.asarray(image, np.float32)
         channels = self.info.card.channels
-        if prescaled and parse_spec(self.spec)[0] in ("range", "percentile"):
+        if prescaled and parse_spec(self.normalization)[0] in ("range", "percentile"):
             return refocus_array(img, self.session, stats=NormStats.identity(img.shape[-1]),
                                  model_channels=channels, tile=None)
-        stats = compute_stats(self.spec, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
+        stats = compute_stats(self.normalization, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
         # the image in 8-bit units, so that the card's statistics apply; back to [0, 1] after
         out = refocus_array(img * np.float32(255.0), self.session, stats=stats, model_channels=channels, tile=None)
         return out / np.float32(255.0)
