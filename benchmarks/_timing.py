@@ -11,11 +11,9 @@ import numpy as np
 def time_onnx_tile(path: str | Path, channels: int, *, threads: int = 2, repeats: int = 7,
                    tile: int = 512) -> list[float]:
     """Seconds of ``repeats`` runs of one ``1 x channels x tile x tile`` window (after two warm-ups)."""
-    import onnxruntime as ort
+    from wsi_deepr.inference.session import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(path, device="cpu", threads=threads)
     x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
     name = sess.get_inputs()[0].name
     for _ in range(2):

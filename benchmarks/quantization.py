@@ -94,11 +94,9 @@ def quantize(src: Path, out: Path, patches: list[np.ndarray], *, ops: list[str],
 
 def seconds_per_mp(path: Path, channels: int, *, tile: int = 512, workers: int = 2, repeats: int = 4) -> float:
     """Wall seconds per megapixel, ``workers`` single-threaded sessions running windows at once."""
-    import onnxruntime as ort
+    from wsi_deepr.inference.session import create_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(path, device="cpu", threads=1)
     name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).random((1, channels, tile, tile), dtype=np.float32)
     sess.run(None, {name: x})
@@ -169,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---|---:|---|")
     for r in rows:
         worse = ", ".join(f"{p:+d}" for p in r.get("smear_significantly_worse", [])) or "none"
-        mean = r.get("smear_mean_change")
-        print(f"| {r['variant']} | {r['s_per_mp']:.3f} | {r['speedup']:.2f} | {r['gain_abs_z_ge_3']:+.3f} | "
+        mean, gain = r.get("smear_mean_change"), r["gain_abs_z_ge_3"]  # None: no such pairs or no stack
+        print(f"| {r['variant']} | {r['s_per_mp']:.3f} | {r['speedup']:.2f} | {'–' if gain is None else f'{gain:+.3f}'} | "
               f"{r['beats_rl_everywhere']} | {'–' if mean is None else f'{mean:+.4f}'} | {worse} |")
     if args.json:
         args.json.write_text(json.dumps({"model": info.name, "rows": rows}, indent=2))

@@ -46,10 +46,11 @@ def ensure_slide(workdir: Path, size: int) -> Path:
     """The synthetic slide of ``size``², made once and kept."""
     path = workdir / f"synthetic_{size}.ome.tif"
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
+        from wsi_deepr.writers.atomic import atomic_file
+
         t = time.perf_counter()
-        _throughput().make_synthetic_slide(tmp, size)
-        tmp.replace(path)
+        with atomic_file(path, "wb") as fh:  # a killed run leaves no half-written slide to reuse
+            _throughput().make_synthetic_slide(fh, size)
         print(f"  made {path.name} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f} s",
               flush=True)
     return path
@@ -117,9 +118,11 @@ def run_one(slide: Path, model: Path, out: Path, scheduler: str, extra: list[str
     err = log.read_text()
     if proc.returncode != 0:
         raise SystemExit(f"refocus failed ({proc.returncode}):\n{err[-3000:]}")
-    record = json.loads(out.with_name(out.name + ".json").read_text())
+    from wsi_deepr.runsafe.provenance import sidecar_path
+
+    record = json.loads(sidecar_path(out).read_text())
     out.unlink()
-    out.with_name(out.name + ".json").unlink()
+    sidecar_path(out).unlink()
     return {"seconds": seconds, "ru_maxrss_mib": usage.ru_maxrss / 1024, "tree_rss_mib": tree_peak / 2**20,
             "windows": record["windows"], "stages": record["timings"]}
 

@@ -7,7 +7,10 @@ For each slide, in a fresh subprocess (so peak RSS is that run's own):
 * raw ONNX Runtime: the same model on windows of the same slide, already in
   memory and normalised, in the best of two configurations (one session with
   all cores; one single-thread session per core run concurrently);
-* ratio = end-to-end / raw; windows run vs 512-tiles without overlap; peak RSS.
+* ratio = end-to-end / raw; windows run vs 512-tiles without overlap; peak RSS;
+* kernel: :func:`wsi_deepr.inference.kernel.refocus_array` (normalise, window,
+  run, blend, denormalise; no Dask, no I/O) on an in-memory band of the same
+  slide with at least ``--raw-windows`` windows, windows/s (not in the ratio).
 
 Usage::
 
@@ -30,6 +33,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -37,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
-def make_synthetic_slide(path: Path, size: int, *, seed: int = 0) -> Path:
+def make_synthetic_slide(path: Path | BinaryIO, size: int, *, seed: int = 0) -> Path | BinaryIO:
     """A tiled, pyramidal RGB OME-TIFF of ``size``² with tissue-like texture.
 
-    Written band by band, so making a 16384² slide needs little memory.
+    ``path``: a file name or an open, seekable binary file.  Written band by
+    band, so making a 16384² slide needs little memory.
     """
     import tifffile
     from scipy.ndimage import gaussian_filter
@@ -74,42 +79,44 @@ def make_synthetic_slide(path: Path, size: int, *, seed: int = 0) -> Path:
     return path
 
 
+def _slide_stats(slide, info):
+    """The slide's normalisation statistics, as ``refocus`` computes them."""
+    from wsi_deepr.inference.normalization import compute_stats, stats_sample
+
+    pixels, _ = stats_sample(slide.level_shapes, slide.read_region)
+    return compute_stats(info.card.normalization, pixels, dtype=slide.dtype)
+
+
 def raw_onnx_rate(model: str, slide_path: str, n_windows: int, batch: int, tile: int, halo: int,
                   overlap: int) -> dict:
-    """Windows/s of bare ONNX Runtime on normalised windows of the slide."""
-    import onnxruntime as ort
+    """Windows/s of bare ONNX Runtime on normalised windows of the slide.
 
-    from wsi_deepr.inference.kernel import read_padded
-    from wsi_deepr.tiling.geometry import TileGrid
-    from wsi_deepr.readers import open_slide
+    Only ``session.run`` is timed: the windows are read and normalised first.
+    """
     from wsi_deepr.inference.card import load_model_info
-    from wsi_deepr.inference.normalization import compute_stats, stats_sample
+    from wsi_deepr.inference.kernel import read_padded
+    from wsi_deepr.inference.session import create_session
+    from wsi_deepr.readers import open_slide
+    from wsi_deepr.tiling.geometry import TileGrid
 
     slide = open_slide(slide_path)
     info = load_model_info(model)
     grid = TileGrid(slide.shape[:2], tile=tile, halo=halo, overlap=overlap)
-    pixels, _ = stats_sample(slide.level_shapes, slide.read_region)
-    stats = compute_stats(info.card.normalization, pixels, dtype=slide.dtype)
+    stats = _slide_stats(slide, info)
     wins = list(grid.windows())[: max(batch, n_windows)]
     data = np.stack([stats.normalize(read_padded(slide.reader, 0, w.read, grid.shape)) for w in wins])
     data = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
     batches = [data[i:i + batch] for i in range(0, len(data), batch)]
     ncpu = os.cpu_count() or 1
 
-    def session(threads: int):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-    s_all = session(ncpu)
+    s_all = create_session(model, device="cpu", threads=ncpu)
     s_all.run(None, {info.input_name: batches[0]})  # warm-up
     t = time.perf_counter()
     for b in batches:
         s_all.run(None, {info.input_name: b})
     rate_one = len(data) / (time.perf_counter() - t)
 
-    s_one = session(1)
+    s_one = create_session(model, device="cpu", threads=1)
     s_one.run(None, {info.input_name: batches[0]})
     t = time.perf_counter()
     with ThreadPoolExecutor(ncpu) as pool:
@@ -117,6 +124,35 @@ def raw_onnx_rate(model: str, slide_path: str, n_windows: int, batch: int, tile:
     rate_par = len(data) / (time.perf_counter() - t)
     return {"raw_windows": len(data), "raw_rate_1x{}".format(ncpu): rate_one,
             "raw_rate_{}x1".format(ncpu): rate_par, "raw_rate": max(rate_one, rate_par)}
+
+
+def kernel_rate(model: str, slide_path: str, n_windows: int, tile: int, halo: int, overlap: int) -> dict:
+    """Windows/s of the array kernel on an in-memory band of the slide.
+
+    :func:`wsi_deepr.inference.kernel.refocus_array` (normalise, window, run,
+    blend, denormalise; no Dask, no reading or writing) with one session on
+    all cores, on the top rows of the slide: at least ``n_windows`` windows.
+    """
+    from wsi_deepr.inference.card import load_model_info
+    from wsi_deepr.inference.kernel import refocus_array
+    from wsi_deepr.readers import open_slide
+    from wsi_deepr.tiling.geometry import TileGrid
+
+    slide = open_slide(slide_path)
+    info = load_model_info(model)
+    stats = _slide_stats(slide, info)
+    h, w = slide.shape[:2]
+    rows = tile
+    while rows < h and TileGrid((rows, w), tile=tile, halo=halo, overlap=overlap).n_windows < n_windows:
+        rows += tile
+    band = slide.read_region(0, 0, 0, min(rows, h), w)
+    run = dict(stats=stats, model_channels=info.card.channels, tile=tile, halo=halo, overlap=overlap,
+               dtype=slide.dtype, device="cpu", threads=os.cpu_count() or 1)
+    refocus_array(band[:tile, :tile], model, **run)  # warm-up (and the session)
+    t = time.perf_counter()
+    refocus_array(band, model, **run)
+    n = TileGrid(band.shape[:2], tile=tile, halo=halo, overlap=overlap).n_windows
+    return {"kernel_windows": n, "kernel_rate": n / (time.perf_counter() - t)}
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -148,6 +184,7 @@ def run_one(args: argparse.Namespace) -> None:
     if not args.no_raw:
         record.update(raw_onnx_rate(args.model, args.slide, args.raw_windows, args.batch, args.tile, halo, overlap))
         record["ratio"] = record["e2e_rate"] / record["raw_rate"]
+        record.update(kernel_rate(args.model, args.slide, args.raw_windows, args.tile, halo, overlap))
     print("RESULT " + json.dumps(record))
 
 
@@ -204,12 +241,13 @@ def main() -> None:
             slides.append(Path(args.svs))
         print(f"model {model.name}; tile {args.tile}; {os.cpu_count()} CPUs", flush=True)
         print(f"{'slide':28} {'windows':>7} {'tiles512':>8} {'e2e win/s':>9} {'raw win/s':>9} "
-              f"{'ratio':>6} {'peak RSS MiB':>12} {'seconds':>8}")
+              f"{'ratio':>6} {'kernel win/s':>12} {'peak RSS MiB':>12} {'seconds':>8}")
         for slide in slides:
             r = child(slide, model, args)
             records.append(r)
             print(f"{r['slide'][:28]:28} {r['windows']:7d} {r['tiles_512']:8d} {r['e2e_rate']:9.2f} "
-                  f"{r['raw_rate']:9.2f} {r['ratio']:6.2f} {r['peak_rss_mib']:12.0f} {r['e2e_seconds']:8.1f}",
+                  f"{r['raw_rate']:9.2f} {r['ratio']:6.2f} {r['kernel_rate']:12.2f} {r['peak_rss_mib']:12.0f} "
+                  f"{r['e2e_seconds']:8.1f}",
                   flush=True)
 
         if args.memory_sizes:

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 class Refocuser:
     """An exported model run with ONNX Runtime on ``(H, W, C)`` images in ``[0, 1]``.
 
+    A thin wrapper over :func:`wsi_deepr.inference.kernel.refocus_array`
+    (``tile=None``: one model call on the whole image as it is), with the
+    card's normalisation.
+
     Parameters
     ----------
     path : str or Path
@@ -58,16 +62,13 @@ class Refocuser:
     """
 
     def __init__(self, path: str | Path, *, threads: int = 2) -> None:
-        import onnxruntime as ort
-
         from wsi_deepr.inference.card import load_model_info
+        from wsi_deepr.inference.session import SessionSpec, get_session
 
         self.info = load_model_info(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.spec = self.info.card.normalization
+        self.session = SessionSpec(str(path), device="cpu", intra_op_threads=threads)
+        get_session(self.session)  # fail here, not on the first image
+        self.normalization = self.info.card.normalization
 
     def __call__(self, image: np.ndarray, *, prescaled: bool = False) -> np.ndarray:
         """Refocus one ``(H, W, C)`` float image in ``[0, 1]`` (8-bit scale).
@@ -78,16 +79,18 @@ class Refocuser:
         percentile), so it goes to the model as it is.  Otherwise the card's
         normalisation is computed on this image alone.
         """
-        from wsi_deepr.inference.normalization import compute_stats, parse_spec
+        from wsi_deepr.inference.kernel import refocus_array
+        from wsi_deepr.inference.normalization import NormStats, compute_stats, parse_spec
 
         img = np.asarray(image, np.float32)
-        if prescaled and parse_spec(self.spec)[0] in ("range", "percentile"):
-            x = np.ascontiguousarray(img.transpose(2, 0, 1)[None])
-            return self.session.run(None, {self.input_name: x})[0][0].transpose(1, 2, 0)
-        stats = compute_stats(self.spec, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
-        x = stats.normalize(img * 255.0).transpose(2, 0, 1)[None]
-        y = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0][0].transpose(1, 2, 0)
-        return stats.denormalize(y) / 255.0
+        channels = self.info.card.channels
+        if prescaled and parse_spec(self.normalization)[0] in ("range", "percentile"):
+            return refocus_array(img, self.session, stats=NormStats.identity(img.shape[-1]),
+                                 model_channels=channels, tile=None)
+        stats = compute_stats(self.normalization, img.reshape(-1, img.shape[-1]) * 255.0, dtype=np.dtype(np.uint8))
+        # the image in 8-bit units, so that the card's statistics apply; back to [0, 1] after
+        out = refocus_array(img * np.float32(255.0), self.session, stats=stats, model_channels=channels, tile=None)
+        return out / np.float32(255.0)
 
 
 def rl_true_psf(image: np.ndarray, *, na: float, pixel_size_um: float, z_um: float, wavelengths_um: tuple,

@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsi_deepr.inference.session import create_session
+from wsi_deepr.writers.atomic import atomic_file, atomic_write_text
+
 from .models import Generator, count_parameters
 from .train import build_generator, lineage_entry, load_checkpoint
 
@@ -107,19 +110,9 @@ def measure_halo(gen: Generator, samples: list[np.ndarray], *, size: int = 320,
     return result
 
 
-def _session(path: Path, threads: int = 2):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def parity_check(path: Path, gen: Generator, tiles: list[np.ndarray], *, tol: float = PARITY_TOL) -> dict:
     """Max |ONNX Runtime - torch| over ``tiles`` (each ``(N, C, H, W)``); raise above ``tol``."""
-    sess = _session(path)
+    sess = create_session(path, device="cpu", threads=2)
     name = sess.get_inputs()[0].name
     worst, shapes = 0.0, []
     gen.eval()
@@ -261,34 +254,35 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
         raw = Path(tmp) / "raw.onnx"
         _to_onnx(gen, raw, exporter=exporter)
         model = onnx.load(str(raw))
-        for value in (model.graph.input[0], model.graph.output[0]):  # readable dynamic dims
-            dims = value.type.tensor_type.shape.dim
-            for i, label in ((0, "batch"), (2, "height"), (3, "width")):
-                dims[i].Clear()
-                dims[i].dim_param = label
-        del model.metadata_props[:]
-        for k, v in props.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = k, v
-        onnx.checker.check_model(model)
-        staged = Path(tmp) / out.name
-        onnx.save(model, str(staged))
-        tiles = [rng.random((2, gen.channels, 256, 256), dtype=np.float32),
-                 rng.random((1, gen.channels, 200, 264), dtype=np.float32)]
-        if real:
-            tiles.append(np.stack(real))
+    for value in (model.graph.input[0], model.graph.output[0]):  # readable dynamic dims
+        dims = value.type.tensor_type.shape.dim
+        for i, label in ((0, "batch"), (2, "height"), (3, "width")):
+            dims[i].Clear()
+            dims[i].dim_param = label
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    tiles = [rng.random((2, gen.channels, 256, 256), dtype=np.float32),
+             rng.random((1, gen.channels, 200, 264), dtype=np.float32)]
+    if real:
+        tiles.append(np.stack(real))
+    with atomic_file(out, "wb") as fh:  # renamed onto ``out`` only when every check below passes
+        onnx.save(model, fh)
+        fh.flush()
+        staged = Path(fh.name)
         parity = parity_check(staged, gen, tiles)
         size = staged.stat().st_size
         if size > MAX_BYTES:
             raise ExportError(f"{out.name}: {size / 2**20:.1f} MB exceeds the 10 MB package limit; lower --width")
-        staged.replace(out)
     info = load_model_info(out)  # validates the card as wsi-deepr reads it
     digest = _sha256(out)
-    Path(str(out) + ".sha256").write_text(f"{digest}  {out.name}\n")
+    atomic_write_text(Path(str(out) + ".sha256"), f"{digest}  {out.name}\n")
     report = {"model": str(out), "sha256": digest, "bytes": size, "opset": OPSET, "exporter": exporter,
               "parity": parity, "halo": measured, "card": info.card.as_dict(),
               "parameters": count_parameters(gen), "checkpoint": str(ckpt_path), "iteration": state["iteration"]}
-    Path(str(out) + ".export.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(str(out) + ".export.json"), json.dumps(report, indent=2))
     log.info("exported %s (%.2f MB, sha256 %s), halo %d px, parity %.2g", out, size / 2**20, digest[:12],
              card_halo, parity["max_abs_diff"])
     return report

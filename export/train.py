@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsi_deepr.writers.atomic import atomic_file
+
 from .data import NORMALIZATIONS, TorchPairs
 from .losses import discriminator_loss, generator_terms, ms_ssim, ssim
 from .models import Discriminator, Generator, count_parameters
@@ -123,9 +125,9 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` atomically (a killed run never leaves half a checkpoint)."""
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 @torch.no_grad()

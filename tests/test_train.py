@@ -395,3 +395,20 @@ def test_stack_check_on_a_multipage_tiff_with_a_reference_plane(tmp_path):
     assert sorted(r["plane"] for r in every_other["rows"]) == [-1, 1]
     with pytest.raises(ValueError, match="reference plane 9"):
         evaluate_stack(lambda a: a, path, reference=9)
+
+
+def test_refused_export_leaves_no_file_and_checkpoints_leave_no_temporaries(pairs, tmp_path, monkeypatch):
+    import export.onnx_export as onnx_export
+    from wsi_deepr.writers.atomic import temporaries
+
+    run = tmp_path / "run"
+    train(_tiny(pairs, iterations=1, warmup=1, val_every=1), run)
+    assert (run / "last.pt").is_file()
+    assert temporaries(run / "last.pt") == []
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []
+    monkeypatch.setattr(onnx_export, "MAX_BYTES", 1)  # every model is too large
+    out = tmp_path / "models" / "big.onnx"
+    with pytest.raises(onnx_export.ExportError, match="package limit"):
+        onnx_export.export_onnx(run / "last.pt", out)
+    assert not out.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # no temporary, no staging folder
