@@ -368,8 +368,7 @@ def _without_map(provenance: dict) -> dict:
     """The record for the file's own metadata: the per-region defocus map stays in the sidecar only."""
     if not provenance.get("focus"):
         return provenance
-    short = {k: v for k, v in provenance["focus"]["map"].items()
-             if k not in ("boxes", "tissue", "defocus_um", "confidence")}
+    short = {k: v for k, v in provenance["focus"]["map"].items() if k != "regions"}
     return {**provenance, "focus": {**provenance["focus"], "map": short}}
 
 

@@ -53,6 +53,8 @@ class FocusSelection:
             "windows": int(self.refocus.size), "refocused_windows": int(np.count_nonzero(self.refocus)),
             "passed_through_in_focus": int(np.count_nonzero(~self.refocus & np.isfinite(d))),
             "passed_through_no_estimate": int(np.count_nonzero(~self.refocus & ~np.isfinite(d))),
+            # one string per window row, "1" = refocused: which windows ran, readable and compact
+            "refocused_rows": ["".join("1" if v else "0" for v in row) for row in self.refocus],
             "map": self.dmap.to_dict(),
         }
 
