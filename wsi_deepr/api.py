@@ -196,7 +196,7 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
     """
     timer, hooks, started = stages.StageTimer(), stages.RunHooks(progress), stamp()
     job = stages.prepare(slide_path, output, options, scheduler=scheduler)
-    with OutputLock(job.output):
+    with OutputLock(job.output), stages.disk_full_is_resumable(job):
         stages.claim(job, options)
         checksum = Checksum(job.slide_path)  # streams in the background
         identity = input_identity(job.slide_path)

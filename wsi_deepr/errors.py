@@ -20,6 +20,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OutputLockedError",
+    "DiskFullError",
     "ProviderUnavailableError",
     "TilingError",
 ]
@@ -67,6 +68,10 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class OutputLockedError(OutputError):
     """Another job holds the lock of this output (it is being written)."""
+
+
+class DiskFullError(OutputError):
+    """The output's file system ran out of space; the finished blocks are kept and a rerun resumes."""
 
 
 class ProviderUnavailableError(WsiDeeprError, RuntimeError):

@@ -31,8 +31,10 @@ holds the crash points the kill-9 tests use (``WSI_DEEPR_CRASH_AT``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_deepr.errors import OptionError, OutputExistsError
+from wsi_deepr.errors import DiskFullError, OptionError, OutputExistsError
 from wsi_deepr.inference.card import ModelInfo
 from wsi_deepr.inference.registry import resolve_model
 from wsi_deepr.inference.session import SessionSpec, active_provider, get_session, providers_for
@@ -64,6 +66,7 @@ from wsi_deepr.writers.paths import check_output, check_output_format, default_o
 
 __all__ = [
     "LOCAL_SCHEDULERS", "Focus", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect",
+    "disk_full_is_resumable",
     "finish", "focus", "infer", "open_run_scratch", "plan", "prepare", "pyramid", "record", "write", "write_qc",
 ]
 
@@ -168,6 +171,45 @@ class Link:
     provider: str
     resources: dict[str, float] | None
     info: dict = field(default_factory=dict)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it, also when raised on a Dask worker) is ENOSPC or EDQUOT."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def disk_full_is_resumable(job: Job) -> Iterator[None]:
+    """Turn a full disk into one :class:`DiskFullError` naming the folder and the space needed.
+
+    Whatever stage ran out of space (the scratch, the pyramid, the output
+    file), the finished blocks stay in the scratch and the atomic writers
+    leave nothing at the output path, so the same command resumes once
+    space is freed.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if not _is_disk_full(exc):
+            raise
+        folder = job.output.parent
+        free = shutil.disk_usage(folder).free
+        need = _bytes_needed(job)
+        raise DiskFullError(
+            f"no space left in {folder} ({free / 2**20:.0f} MiB free; this slide needs up to "
+            f"{need / 2**20:.0f} MiB there for its scratch and output): free space or choose another -o, then "
+            f"run the same command again to resume from the blocks already done") from exc
+
+
+def _bytes_needed(job: Job) -> int:
+    """Upper bound of what a run writes beside the output: scratch pyramid plus output, uncompressed."""
+    h, w = job.geometry.grid.shape
+    level = h * w * job.slide.n_channels * np.dtype(job.slide.dtype).itemsize
+    return int(2 * level * 4 / 3)
 
 
 def check_scheduler(scheduler: object) -> None:

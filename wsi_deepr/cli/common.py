@@ -45,6 +45,9 @@ def _quiet_third_party(verbose: int, quiet: bool) -> None:
     if verbose < 2:
         for name in ("distributed", "asyncio", "numcodecs", "tifffile", "PIL"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    if verbose < 1:  # a failed task's traceback from a worker: the CLI prints the error itself, in one line
+        for name in ("distributed.worker", "distributed.scheduler", "distributed.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         for name in ("bokeh", "tornado"):  # the dashboard's web server: warnings about its own setup
             logging.getLogger(name).setLevel(logging.ERROR)
 
