@@ -157,3 +157,19 @@ def test_qc_option_writes_the_report_beside_the_output_with_before_after_crops(l
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["q.focus.html", "q.focus.json", "q.focus.png", "q.ome.tif", "q.ome.tif.json"]
     assert "as scanned (left) and refocused (right)" in (tmp_path / "q.focus.html").read_text()
+
+
+@pytest.mark.slow
+def test_batch_report_carries_the_focus_qc_columns(layout_slide, selective_model, tmp_path) -> None:
+    import csv
+
+    from wsi_deepr.batch import FOCUS_FIELDS, plan_batch, run_batch
+
+    items = plan_batch([layout_slide], tmp_path)
+    run_batch(items, model=selective_model, tile=TILE, workers=2, report=tmp_path / "report")
+    with (tmp_path / "report.csv").open() as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["status"] == "done"
+    assert set(FOCUS_FIELDS) <= set(row)
+    assert float(row["share_above_2um"]) > 0.05  # the 3 µm region
+    assert float(row["worst_defocus_um"]) >= 2.0

@@ -43,6 +43,8 @@ class RefocusResult:
     resumed_blocks: int = 0
     sidecar: Path | None = None
     provenance: dict[str, object] = field(default_factory=dict)
+    #: the defocus map's QC summary (:func:`wsi_deepr.focus.report.summary`) when it was estimated
+    focus: dict | None = None
 
 
 def refocus(
@@ -225,5 +227,11 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
         output=job.output, model=job.model.name, model_sha256=job.model.sha256, provider=link.provider,
         windows=plan.grid.n_windows, blocks=nby * nbx, stats=plan.stats, seconds=timer.seconds,
         parameters=provenance["parameters"], resumed_blocks=len(scratch.done), sidecar=sidecar,
-        provenance=provenance,
+        provenance=provenance, focus=None if focus is None else _focus_summary(focus),
     )
+
+
+def _focus_summary(focus: stages.Focus) -> dict:
+    from wsi_deepr.focus.report import summary
+
+    return summary(focus.dmap)

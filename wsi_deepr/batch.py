@@ -35,6 +35,7 @@ from pathlib import Path
 from wsi_deepr._version import __version__
 from wsi_deepr.api import refocus_with
 from wsi_deepr.errors import OutputLockedError, WsiDeeprError
+from wsi_deepr.focus.report import QC_COLUMNS
 from wsi_deepr.options import RefocusOptions
 from wsi_deepr.writers.atomic import atomic_write_text
 from wsi_deepr.writers.paths import default_output_path
@@ -51,6 +52,8 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".sv
 MANIFEST_OPTIONS = ("model", "modality", "scale", "background")
 REPORT_FIELDS = ("input", "output", "status", "seconds", "tiles", "resumed_blocks", "model", "provider",
                  "error")
+#: focus QC columns (``wsi-deepr qc``'s summary), filled when the defocus map was estimated
+FOCUS_FIELDS = QC_COLUMNS
 
 
 @dataclass
@@ -76,6 +79,7 @@ class SlideReport:
     model: str = ""
     provider: str = ""
     error: str = ""
+    focus: dict = field(default_factory=dict)
 
 
 def _is_slide(path: Path) -> bool:
@@ -299,6 +303,10 @@ def _run_one(item: BatchItem, entry: SlideReport, options: RefocusOptions, *, sc
     entry.status = "done"
     entry.tiles, entry.resumed_blocks = result.windows, result.resumed_blocks
     entry.model, entry.provider = result.model, result.provider
+    if result.focus:
+        from wsi_deepr.focus.report import summary_columns
+
+        entry.focus = summary_columns(result.focus)
 
 
 def write_report(reports: Sequence[SlideReport], path: str | os.PathLike, *,
@@ -312,10 +320,11 @@ def write_report(reports: Sequence[SlideReport], path: str | os.PathLike, *,
         path = path.with_suffix("")
     csv_path, json_path = path.with_name(path.name + ".csv"), path.with_name(path.name + ".json")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS + FOCUS_FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in reports:
-        writer.writerow({k: ("" if v is None else v) for k, v in asdict(r).items()})
+        row = {k: v for k, v in asdict(r).items() if k != "focus"} | {k: r.focus.get(k) for k in FOCUS_FIELDS}
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     atomic_write_text(csv_path, buffer.getvalue())
     counts: dict[str, int] = {}
     for r in reports:
