@@ -14,7 +14,6 @@ import zarr
 
 from wsi_deepr import refocus
 from wsi_deepr.parallel.cluster import ClusterClient, cluster_size, describe, gpu_resources, plugin_name
-from wsi_deepr.inference.kernel import infer_windows
 from wsi_deepr.inference.session import SessionSpec
 from wsi_deepr.inference.normalization import compute_stats
 from wsi_deepr.parallel.graph import refocus_dask, store_to_zarr

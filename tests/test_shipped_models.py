@@ -8,7 +8,6 @@ than it went in.  Full validation tables are in each model's MODEL_CARD.md.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -53,7 +53,6 @@ from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_pa
 from wsi_deepr.runsafe.resume import (
     Scratch,
     crash_point,
-    input_identity,
     open_scratch,
     scratch_arrays,
     scratch_fingerprint,

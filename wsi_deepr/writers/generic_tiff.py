@@ -49,7 +49,8 @@ import numpy as np
 from wsi_deepr._version import __version__
 from wsi_deepr.errors import OutputError
 from wsi_deepr.writers.atomic import atomic_file
-from wsi_deepr.writers.ometiff import _check_associated, _check_levels, _Progress, _tiles
+from wsi_deepr.writers.levels import check_levels, check_mpp
+from wsi_deepr.writers.ometiff import _check_associated, _Progress, _tiles
 from wsi_deepr.writers.paths import check_output
 
 __all__ = ["TIFF_COMPRESSIONS", "read_tiff_annotations", "write_tiled_tiff"]
@@ -89,11 +90,9 @@ def _check_compression(compression: str, *, quality: int) -> str:
 
 
 def _check_mpp(mpp: tuple[float, float] | None) -> tuple[float, float] | None:
-    if mpp is None:
+    value = check_mpp(mpp)
+    if value is None:
         return None
-    value = (float(mpp[0]), float(mpp[1]))
-    if not (value[0] > 0 and value[1] > 0 and all(map(math.isfinite, value))):
-        raise ValueError(f"mpp must be two positive numbers (y, x), got {mpp!r}")
     if abs(value[0] - value[1]) > 0.01 * max(value):
         logger.warning(
             "pixels are not square (mpp y=%g, x=%g): the Aperio MPP field holds "
@@ -301,7 +300,7 @@ def write_tiled_tiff(
 
     path = Path(path).absolute()
     _refuse_fluorescence(path, levels, rgb)
-    _check_levels(levels, rgb=True)
+    check_levels(levels, rgb=True)
     compression = _check_compression(compression, quality=jpeg_quality)
     if tile < 16 or tile % 16:
         raise ValueError(f"tile must be a positive multiple of 16, got {tile!r}")

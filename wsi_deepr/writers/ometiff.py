@@ -32,6 +32,7 @@ from wsi_deepr._version import __version__
 from wsi_deepr.errors import OptionError
 from wsi_deepr.options import COMPRESSIONS
 from wsi_deepr.writers.atomic import atomic_file
+from wsi_deepr.writers.levels import check_levels, check_mpp
 from wsi_deepr.writers.omexml import OmeImage, build_ome_xml, ome_pixel_type
 from wsi_deepr.writers.paths import check_output, image_stem
 
@@ -50,36 +51,6 @@ def level0_tile_count(shape: Sequence[int], *, rgb: bool, tile: int = 512) -> in
     """
     y, x, c = (int(v) for v in shape)
     return math.ceil(y / tile) * math.ceil(x / tile) * (1 if rgb else c)
-
-
-def _check_levels(levels: Sequence[Any], *, rgb: bool) -> tuple[int, np.dtype]:
-    if len(levels) == 0:
-        raise ValueError("levels must contain at least level 0")
-    first = levels[0]
-    if len(first.shape) != 3:
-        raise ValueError(f"levels[0] must be (Y, X, C), got shape {first.shape}")
-    channels, dtype = int(first.shape[2]), np.dtype(first.dtype)
-    ome_pixel_type(dtype)
-    previous = first.shape
-    for i, level in enumerate(levels[1:], start=1):
-        shape = tuple(level.shape)
-        if len(shape) != 3 or shape[2] != channels or np.dtype(level.dtype) != dtype:
-            raise ValueError(
-                f"levels[{i}] has shape {shape} and dtype {level.dtype}; expected "
-                f"(Y, X, {channels}) {dtype} like levels[0]"
-            )
-        if shape[0] > previous[0] or shape[1] > previous[1] or min(shape[:2]) < 1:
-            raise ValueError(
-                f"levels[{i}] shape {shape} is not smaller than levels[{i - 1}] "
-                f"shape {tuple(previous)}"
-            )
-        previous = shape
-    if rgb and (channels != 3 or dtype != np.uint8):
-        raise ValueError(
-            f"rgb=True needs uint8 levels with 3 channels, got {channels} "
-            f"channel(s) of {dtype}"
-        )
-    return channels, dtype
 
 
 def _bands(level: Any, tile: int, channel: int | None) -> Iterator[np.ndarray]:
@@ -344,14 +315,12 @@ def write_ome_tiff(
     import tifffile  # heavy; only the writing path needs it
 
     path = Path(path).absolute()
-    channels, dtype = _check_levels(levels, rgb=rgb)
+    channels, dtype = check_levels(levels, rgb=rgb)
+    ome_pixel_type(dtype)
     compression = check_compression(compression, rgb=rgb, quality=jpeg_quality)
     if tile < 16 or tile % 16:
         raise ValueError(f"tile must be a positive multiple of 16, got {tile!r}")
-    if mpp is not None:
-        mpp = (float(mpp[0]), float(mpp[1]))
-        if not (mpp[0] > 0 and mpp[1] > 0 and all(map(math.isfinite, mpp))):
-            raise ValueError(f"mpp must be two positive numbers (y, x), got {mpp!r}")
+    mpp = check_mpp(mpp)
     names = _channel_names(channel_names, rgb=rgb, channels=channels)
     extra = _check_associated(associated)
     check_output(path, overwrite=overwrite)

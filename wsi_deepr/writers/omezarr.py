@@ -41,6 +41,7 @@ import numpy as np
 
 from wsi_deepr._version import __version__
 from wsi_deepr.writers.atomic import atomic_folder
+from wsi_deepr.writers.levels import check_levels, check_mpp
 from wsi_deepr.writers.paths import check_output, image_stem
 
 __all__ = ["NGFF_VERSION", "write_ome_zarr"]
@@ -53,32 +54,6 @@ NGFF_VERSION = "0.4"
 _RGB_COLOURS = ("FF0000", "00FF00", "0000FF")
 _PALETTE = ("0000FF", "00FF00", "FF0000", "FFFF00", "FF00FF", "00FFFF", "FFFFFF", "FF8000")
 _PREFIX = "wsi_deepr."
-
-
-def _check_levels(levels: Sequence[Any]) -> tuple[int, np.dtype]:
-    if len(levels) == 0:
-        raise ValueError("levels must contain at least level 0")
-    first = levels[0]
-    if len(first.shape) != 3:
-        raise ValueError(f"levels[0] must be (Y, X, C), got shape {first.shape}")
-    channels, dtype = int(first.shape[2]), np.dtype(first.dtype)
-    if dtype.kind not in "uif":
-        raise ValueError(f"levels must be numeric, got dtype {dtype}")
-    previous = tuple(first.shape)
-    for i, level in enumerate(levels[1:], start=1):
-        shape = tuple(int(v) for v in level.shape)
-        if len(shape) != 3 or shape[2] != channels or np.dtype(level.dtype) != dtype:
-            raise ValueError(
-                f"levels[{i}] has shape {shape} and dtype {level.dtype}; expected "
-                f"(Y, X, {channels}) {dtype} like levels[0]"
-            )
-        if shape[0] > previous[0] or shape[1] > previous[1] or min(shape[:2]) < 1:
-            raise ValueError(
-                f"levels[{i}] shape {shape} is not smaller than levels[{i - 1}] "
-                f"shape {previous}"
-            )
-        previous = shape
-    return channels, dtype
 
 
 def _channels(
@@ -243,13 +218,10 @@ def write_ome_zarr(
     from numcodecs import Blosc
 
     path = Path(path).absolute()
-    channels, dtype = _check_levels(levels)
+    channels, dtype = check_levels(levels)
     if chunk < 16:
         raise ValueError(f"chunk must be at least 16, got {chunk!r}")
-    if mpp is not None:
-        mpp = (float(mpp[0]), float(mpp[1]))
-        if not (mpp[0] > 0 and mpp[1] > 0 and all(map(math.isfinite, mpp))):
-            raise ValueError(f"mpp must be two positive numbers (y, x), got {mpp!r}")
+    mpp = check_mpp(mpp)
     omero_channels = _channels(
         channel_names, rgb=rgb, channels=channels, dtype=dtype,
         window=_window(levels[-1]) if not rgb else np.zeros((2, channels)),
