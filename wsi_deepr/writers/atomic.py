@@ -18,7 +18,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -47,6 +47,19 @@ def temporaries(target: str | os.PathLike) -> list[Path]:
     return sorted(target.parent / n for n in names if pattern.fullmatch(n))
 
 
+def _new_temporary(target: Path, create: Callable[[Path], object]) -> tuple[Path, object]:
+    """A fresh temporary path for ``target`` and what ``create(path)`` made there (exclusive creation)."""
+    for _ in range(16):
+        tmp = temporary_path(target)
+        try:
+            return tmp, create(tmp)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create a temporary in output folder {target.parent}: {exc}") from exc
+    raise OutputError(f"cannot create a temporary in {target.parent}")
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | os.PathLike, mode: str = "wb", *, fsync: bool = False,
                 encoding: str | None = None) -> Iterator[IO]:
@@ -71,17 +84,8 @@ def atomic_file(target: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fa
     if mode not in ("wb", "w"):
         raise ValueError(f"mode={mode!r}: use 'wb' or 'w'")
     target = Path(target)
-    for _ in range(16):
-        tmp = temporary_path(target)
-        try:
-            handle = open(tmp, mode.replace("w", "x"), encoding=(encoding or "utf-8") if mode == "w" else None)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise OutputError(f"cannot create a file in output folder {target.parent}: {exc}") from exc
-    else:
-        raise OutputError(f"cannot create a temporary file in {target.parent}")
+    tmp, handle = _new_temporary(target, lambda t: open(t, mode.replace("w", "x"),
+                                                        encoding=(encoding or "utf-8") if mode == "w" else None))
     try:
         with handle:
             yield handle
@@ -125,17 +129,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
         The temporary folder cannot be created in the target's folder.
     """
     target = Path(target)
-    for _ in range(16):
-        tmp = temporary_path(target)
-        try:
-            tmp.mkdir()
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise OutputError(f"cannot create a folder in output folder {target.parent}: {exc}") from exc
-    else:
-        raise OutputError(f"cannot create a temporary folder in {target.parent}")
+    tmp, _ = _new_temporary(target, Path.mkdir)
     try:
         yield tmp
         old = None
