@@ -255,7 +255,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     run.mkdir(parents=True, exist_ok=True)
     config, state = _resume_config(config, run)
     r = _setup(config, run, state)
-    config = r.config
     if state is None:  # a new run is resumable (and shows its initial weights) from the start
         _checkpoint(r)
     r.gen.train()
