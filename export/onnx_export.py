@@ -30,6 +30,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from wsi_deepr.writers.atomic import atomic_file, atomic_write_text
 
 from .models import Generator, count_parameters
 from .train import build_generator, lineage_entry, load_checkpoint
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["ExportError", "export_onnx", "main", "measure_halo", "parity_check"]
 
@@ -215,54 +219,19 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
         raise FileExistsError(f"{out} exists: pass overwrite=True (--overwrite) to replace it")
     ckpt_path = Path(checkpoint)
     state = load_checkpoint(ckpt_path)
-    meta, config = state["meta"], state["config"]
+    meta = state["meta"]
     gen = build_generator(meta["generator_config"], meta["generator_stats"])
     gen.load_state_dict(state.get("generator_ema", state["generator"]))  # the averaged weights of --ema runs
     gen.eval()
-    real = _real_tiles(meta.get("dataset"), config.get("normalization", "range"))
+    real = _real_tiles(meta.get("dataset"), state["config"].get("normalization", "range"))
     rng = np.random.default_rng(0)
     probes = real or [rng.random((gen.channels, 256, 256), dtype=np.float32) for _ in range(2)]
     measured = measure_halo(gen, probes)
     card_halo = int(halo) if halo is not None else int(measured["halo"])
-    norm = meta["normalization"]
-    val = state.get("validation", {})
-    props = {
-        "modality": meta["modality"], "channels": str(meta["channels"]),
-        "mpp": "unknown" if meta.get("mpp") is None else f"{meta['mpp']:g}",
-        "defocus_range_um": json.dumps(meta["defocus_range_um"]), "normalization": norm,
-        "halo": str(card_halo), "version": "0.1.0",
-        # the training pixel sizes: scale-aware inference (wsi_deepr.tiling.scale) compares the slide's with these
-        **({"mpp_range": json.dumps(meta["mpp_range"])} if meta.get("mpp_range") else {}),
-        "description": (f"Deep-R residual U-Net (width {gen.width}, {count_parameters(gen)} parameters), "
-                        f"{state['iteration']} training iterations"),
-        "name": out.name.removesuffix(".onnx"),
-        "training": json.dumps({"iterations": state["iteration"], "seconds": state.get("seconds"),
-                                "generator_updates": state.get("g_updates"), "hardware": meta.get("hardware"),
-                                "config": config,
-                                "dataset": meta.get("dataset"), "sources": meta.get("sources"),
-                                "mpp_range": meta.get("mpp_range"), "validation": val,
-                                "lineage": meta.get("lineage") or _lineage(config.get("init"))}),
-        "halo_measurement": json.dumps({**measured, "override": halo}),
-        "checkpoint_sha256": _sha256(ckpt_path),
-        "generator": json.dumps(meta["generator_config"]),
-    }
-    if default:
-        props["default"] = "true"
-    props.update({k: str(v) for k, v in (card or {}).items()})
+    props = _card_props(state, gen, ckpt_path, name=out.name.removesuffix(".onnx"), halo=card_halo,
+                        measured={**measured, "override": halo}, default=default, card=card)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        _to_onnx(gen, raw, exporter=exporter)
-        model = onnx.load(str(raw))
-    for value in (model.graph.input[0], model.graph.output[0]):  # readable dynamic dims
-        dims = value.type.tensor_type.shape.dim
-        for i, label in ((0, "batch"), (2, "height"), (3, "width")):
-            dims[i].Clear()
-            dims[i].dim_param = label
-    del model.metadata_props[:]
-    for k, v in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
+    model = _onnx_model(gen, props, exporter=exporter, scratch=out.parent)
     onnx.checker.check_model(model)
     tiles = [rng.random((2, gen.channels, 256, 256), dtype=np.float32),
              rng.random((1, gen.channels, 200, 264), dtype=np.float32)]
@@ -286,6 +255,98 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, card: dict | None = 
     log.info("exported %s (%.2f MB, sha256 %s), halo %d px, parity %.2g", out, size / 2**20, digest[:12],
              card_halo, parity["max_abs_diff"])
     return report
+
+
+def _card_props(state: dict, gen: Generator, ckpt_path: Path, *, name: str, halo: int, measured: dict,
+                default: bool, card: dict | None) -> dict[str, str]:
+    """The model card (``metadata_props``) of the generator of checkpoint ``state``.
+
+    Parameters
+    ----------
+    state : dict
+        The checkpoint (its ``meta``, ``config``, ``iteration`` and ``validation``).
+    gen : Generator
+        The generator being exported.
+    ckpt_path : Path
+        The checkpoint's file (its sha256 goes into the card).
+    name : str
+        The card's default ``name``.
+    halo : int
+        The card's ``halo`` (measured or overridden).
+    measured : dict
+        The halo measurement, with its ``override``.
+    default : bool
+        Mark it the default model of its modality.
+    card : dict, optional
+        Values overriding the derived ones.
+
+    Returns
+    -------
+    dict of str to str
+        Card keys and values, in the order they are written.
+    """
+    meta, config = state["meta"], state["config"]
+    props = {
+        "modality": meta["modality"], "channels": str(meta["channels"]),
+        "mpp": "unknown" if meta.get("mpp") is None else f"{meta['mpp']:g}",
+        "defocus_range_um": json.dumps(meta["defocus_range_um"]), "normalization": meta["normalization"],
+        "halo": str(halo), "version": "0.1.0",
+        # the training pixel sizes: scale-aware inference (wsi_deepr.tiling.scale) compares the slide's with these
+        **({"mpp_range": json.dumps(meta["mpp_range"])} if meta.get("mpp_range") else {}),
+        "description": (f"Deep-R residual U-Net (width {gen.width}, {count_parameters(gen)} parameters), "
+                        f"{state['iteration']} training iterations"),
+        "name": name,
+        "training": json.dumps({"iterations": state["iteration"], "seconds": state.get("seconds"),
+                                "generator_updates": state.get("g_updates"), "hardware": meta.get("hardware"),
+                                "config": config,
+                                "dataset": meta.get("dataset"), "sources": meta.get("sources"),
+                                "mpp_range": meta.get("mpp_range"), "validation": state.get("validation", {}),
+                                "lineage": meta.get("lineage") or _lineage(config.get("init"))}),
+        "halo_measurement": json.dumps(measured),
+        "checkpoint_sha256": _sha256(ckpt_path),
+        "generator": json.dumps(meta["generator_config"]),
+    }
+    if default:
+        props["default"] = "true"
+    props.update({k: str(v) for k, v in (card or {}).items()})
+    return props
+
+
+def _onnx_model(gen: Generator, props: dict[str, str], *, exporter: str, scratch: Path) -> onnx.ModelProto:
+    """``gen`` as an ONNX model with named dynamic dimensions and ``props`` as its ``metadata_props``.
+
+    Parameters
+    ----------
+    gen : Generator
+        The generator.
+    props : dict of str to str
+        The model card.
+    exporter : {"dynamo", "legacy"}
+        ``torch.onnx.export`` path.
+    scratch : Path
+        Folder for the intermediate file (removed).
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model, not yet checked or saved.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        _to_onnx(gen, raw, exporter=exporter)
+        model = onnx.load(str(raw))
+    for value in (model.graph.input[0], model.graph.output[0]):  # readable dynamic dims
+        dims = value.type.tensor_type.shape.dim
+        for i, label in ((0, "batch"), (2, "height"), (3, "width")):
+            dims[i].Clear()
+            dims[i].dim_param = label
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    return model
 
 
 def _checkpoint_path(run_dir: Path, which: str) -> Path:

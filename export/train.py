@@ -42,7 +42,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +187,48 @@ def _val_rows(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
+@dataclass
+class _Run:
+    """What the steps of a training run share: its networks, data, weights and counters.
+
+    The counters (``it``, ``best``, ``best_it``, ``g_updates``), the loss
+    ``weights``, the balancing sums ``bal`` and ``last_val`` are what a
+    checkpoint stores; ``sums``/``counted`` accumulate the training terms
+    since the last logged row.
+    """
+
+    config: TrainConfig
+    path: Path
+    device: torch.device
+    data: TorchPairs
+    val: TorchPairs
+    gen: Generator
+    disc: Discriminator
+    ema: Generator | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    c: float
+    meta: dict
+    weights: dict[str, float]
+    csv_log: _CsvLog
+    val_rows: np.ndarray
+    start: float
+    deadline: float | None
+    bal: dict[str, float]
+    last_val: dict
+    it: int = 0
+    best: float = math.inf
+    best_it: int = -1
+    g_updates: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    counted: int = 0
+
+    @property
+    def averaged(self) -> Generator:
+        """The generator that is validated and saved as ``best.pt`` (the EMA one when kept)."""
+        return self.gen if self.ema is None else self.ema
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] | None = None,
           progress: Callable[[dict], None] | None = None) -> dict:
     """Train (or continue training) into ``run_dir``.
@@ -211,6 +253,56 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    config, state = _resume_config(config, run)
+    r = _setup(config, run, state)
+    if state is None:  # a new run is resumable (and shows its initial weights) from the start
+        _checkpoint(r)
+    r.gen.train()
+    r.disc.train()
+    while r.it < config.iterations:
+        adversarial = r.it >= config.warmup
+        _generator_updates(r, adversarial=adversarial)
+        if adversarial:
+            _discriminator_updates(r)
+        r.it += 1
+        if config.pause_file and Path(config.pause_file).exists():
+            paused = _pause(Path(config.pause_file), stop)
+            r.start += paused  # paused time counts neither as training time nor against --minutes
+            r.deadline = None if r.deadline is None else r.deadline + paused
+        stopping = (stop is not None and stop()) or (r.deadline is not None and time.perf_counter() > r.deadline)
+        periodic = r.it % config.val_every == 0  # rebalancing only here, so resumed runs match
+        validating = periodic or r.it == config.iterations
+        if r.it % config.log_every == 0 or validating or stopping:
+            _log_training(r, adversarial=adversarial, progress=progress)
+        if validating:
+            _validation(r, adversarial=adversarial, periodic=periodic, progress=progress)
+        if validating or stopping:
+            _checkpoint(r)
+        if stopping:
+            log.info("stopping at iteration %d (checkpoint saved)", r.it)
+            break
+    return {"iteration": r.it, "best_val_berhu": r.best, "best_iteration": r.best_it, "validation": r.last_val}
+
+
+def _resume_config(config: TrainConfig, run: Path) -> tuple[TrainConfig, dict | None]:
+    """The configuration to train with and ``run/last.pt`` when there is one.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The requested configuration.
+    run : Path
+        The run folder.
+
+    Returns
+    -------
+    config : TrainConfig
+        ``config`` for a new run; for a resumed one the stored configuration
+        with ``iterations``, ``minutes``, ``threads``, ``pause_file`` and
+        ``device`` taken from ``config``.
+    state : dict or None
+        The loaded ``last.pt``, or ``None`` for a new run.
+    """
     last_path = run / "last.pt"
     state = load_checkpoint(last_path) if last_path.exists() else None
     if state is not None:
@@ -222,6 +314,26 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
         stored.device = config.device  # where it runs is not part of what the run is
         config = stored
         log.info("resuming %s at iteration %d", run, state["iteration"])
+    return config, state
+
+
+def _setup(config: TrainConfig, run: Path, state: dict | None) -> _Run:
+    """Data, networks and optimisers of a run, restored from ``state`` (or ``--init``); writes ``config.json``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's configuration (from :func:`_resume_config`).
+    run : Path
+        The run folder.
+    state : dict or None
+        The checkpoint to continue from.
+
+    Returns
+    -------
+    _Run
+        The run state the training loop works on.
+    """
     if config.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization={config.normalization!r}: use one of {NORMALIZATIONS}")
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
@@ -236,37 +348,19 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     init = _load_init(config.init) if config.init and state is None else None
     if init is not None:  # the initial weights' standardisation travels with them
         mean, std = init["meta"]["generator_stats"]["mean"], init["meta"]["generator_stats"]["std"]
-    gen = Generator(data.channels, width=config.width, max_width=config.max_width, levels=config.levels,
-                    mean=mean, std=std)
-    disc = Discriminator(data.channels, width=config.d_width, depth=config.d_depth)
-    gen.to(device)
-    disc.to(device)
-    ema = None
-    if config.ema:
-        if not 0.0 < config.ema < 1.0:
-            raise ValueError(f"ema={config.ema!r}: a decay in (0, 1), e.g. 0.995, or 0 for none")
-        ema = copy.deepcopy(gen).requires_grad_(False)
+    gen, disc, ema = _networks(config, data.channels, mean, std, device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g)
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr_d)
     c = data.berhu_threshold(config.berhu_fraction)
     weights = {"lambda": config.lam, "nu": config.nu, "xi": config.xi}
     it, best, best_it, elapsed, g_updates = 0, math.inf, -1, 0.0, 0
     if state is not None:
-        gen.load_state_dict(state["generator"])
-        if ema is not None:
-            ema.load_state_dict(state.get("generator_ema", state["generator"]))
-        disc.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        _load_weights(state, gen, disc, ema, opt_g, opt_d)
         it, best, best_it = int(state["iteration"]), float(state["best_val_berhu"]), int(state["best_iteration"])
         elapsed, g_updates = float(state["seconds"]), int(state["g_updates"])
         weights = dict(state["weights"])
     elif init is not None:
-        gen.load_state_dict(init.get("generator_ema", init["generator"]))
-        if ema is not None:
-            ema.load_state_dict(init.get("generator_ema", init["generator"]))
-        if "discriminator" in init:
-            disc.load_state_dict(init["discriminator"])
+        _load_init_weights(init, gen, disc, ema)
         log.info("initial weights from %s (iteration %d)", config.init, int(init["iteration"]))
     meta = {**data.card_info(), "berhu_c": c, "hardware": _hardware(device), "generator_config": gen.config(),
             "generator_stats": {"mean": mean, "std": std}, "parameters": count_parameters(gen)}
@@ -278,117 +372,256 @@ def train(config: TrainConfig, run_dir: str | Path, *, stop: Callable[[], bool] 
     log.info("generator %s: %d parameters; discriminator %d; BerHu c = %.4f; %d train / %d val pairs; on %s",
              gen.widths, count_parameters(gen), count_parameters(disc), c, len(data), len(val), device)
     csv_log = _CsvLog(run / "log.csv", keep_until=it)
-    rows = _val_rows(len(val), config.val_samples)
-    sums: dict[str, float] = {}  # since the last logged row
-    counted = 0
+    val_rows = _val_rows(len(val), config.val_samples)
     # term sums since the last validation (for balancing; checkpointed so a resumed run matches)
     bal = dict(state["balance_sums"]) if state is not None else {}
     start = time.perf_counter() - elapsed
     deadline = None if config.minutes is None else time.perf_counter() + 60.0 * config.minutes
     last_val: dict = dict(state.get("validation", {})) if state is not None else {}
+    return _Run(config=config, path=run, device=device, data=data, val=val, gen=gen, disc=disc, ema=ema,
+                opt_g=opt_g, opt_d=opt_d, c=c, meta=meta, weights=weights, csv_log=csv_log, val_rows=val_rows,
+                start=start, deadline=deadline, bal=bal, last_val=last_val, it=it, best=best, best_it=best_it,
+                g_updates=g_updates)
 
-    def checkpoint() -> None:
-        _save({"config": asdict(config), "meta": meta, "iteration": it, "seconds": time.perf_counter() - start,
-               "g_updates": g_updates, "weights": weights, "balance_sums": bal, "validation": last_val,
-               "best_val_berhu": best, "best_iteration": best_it,
-               "generator": gen.state_dict(), "discriminator": disc.state_dict(),
-               **({"generator_ema": ema.state_dict()} if ema is not None else {}),
-               "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, last_path)
 
-    if state is None:  # a new run is resumable (and shows its initial weights) from the start
-        checkpoint()
-    gen.train()
-    disc.train()
-    while it < config.iterations:
-        adversarial = it >= config.warmup
-        for p in disc.parameters():
-            p.requires_grad_(False)
-        for k in range(config.g_steps):
-            x, y = data.batch(np.random.default_rng([config.seed, it, k]), config.batch_size,
-                              gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
-                              contrast_range=config.contrast_range, identity_prob=config.identity_prob,
-                              focus_weight_um=config.focus_weight_um)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            pred = gen(x)
-            d_fake = disc(data.to_std(pred)) if adversarial else None
-            terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
-                                    target_range=data.to_range(y), c=c)
-            loss = weights["lambda"] * terms["adv"] + weights["nu"] * terms["msssim"] + weights["xi"] * terms["berhu"]
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            if ema is not None:
-                _ema_update(ema, gen, config.ema)
-            g_updates += 1
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + v.item()
-                bal[key] = bal.get(key, 0.0) + v.item()
-            bal["n"] = bal.get("n", 0.0) + 1.0
-            sums["g_loss"] = sums.get("g_loss", 0.0) + loss.item()
-            counted += 1
-        if adversarial:
-            for p in disc.parameters():
-                p.requires_grad_(True)
-            for k in range(config.d_steps):
-                x, y = data.batch(np.random.default_rng([config.seed, it, 100 + k]), config.batch_size,
-                                  gray_prob=config.gray_prob, contrast_jitter=config.contrast_jitter,
-                                  contrast_range=config.contrast_range, identity_prob=config.identity_prob,
-                                  focus_weight_um=config.focus_weight_um)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.no_grad():
-                    pred = gen(x)
-                d_fake, d_real = disc(data.to_std(pred)), disc(data.to_std(y))
-                loss_d = discriminator_loss(d_fake, d_real)
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                sums["d_loss"] = sums.get("d_loss", 0.0) + loss_d.item() / config.d_steps
-                sums["d_real"] = sums.get("d_real", 0.0) + d_real.mean().item() / config.d_steps
-                sums["d_fake"] = sums.get("d_fake", 0.0) + d_fake.mean().item() / config.d_steps
-        it += 1
-        if config.pause_file and Path(config.pause_file).exists():
-            paused = _pause(Path(config.pause_file), stop)
-            start += paused  # paused time counts neither as training time nor against --minutes
-            deadline = None if deadline is None else deadline + paused
-        stopping = (stop is not None and stop()) or (deadline is not None and time.perf_counter() > deadline)
-        periodic = it % config.val_every == 0  # rebalancing only here, so resumed runs match
-        validating = periodic or it == config.iterations
-        if it % config.log_every == 0 or validating or stopping:
-            row = _train_row(it, adversarial, time.perf_counter() - start, g_updates, sums, counted,
-                             config.g_steps, weights)
-            csv_log.write(row)
-            if progress is not None:
-                progress(row)
-            log.info("it %d (%s) %.0fs  adv %.4f  1-msssim %.4f  berhu %.4f  | weighted %.4f %.4f %.4f  d %s",
-                     it, row["phase"], row["seconds"], row.get("adv", 0.0), row.get("msssim", 0.0),
-                     row.get("berhu", 0.0), row["c_adv"], row["c_msssim"], row["c_berhu"],
-                     f"{row['d_loss']:.4f}" if "d_loss" in row else "-")
-            sums, counted = {}, 0
-        if validating:
-            if periodic:
-                if config.balance and bal.get("n"):
-                    _rebalance(weights, {k: v / bal["n"] for k, v in bal.items()}, adversarial=adversarial)
-                bal = {}
-            last_val = validate(gen if ema is None else ema, val, rows=rows, c=c)
-            vrow = {"iteration": it, "kind": "val", "phase": "gan" if adversarial else "warmup",
-                    "seconds": time.perf_counter() - start, "g_updates": g_updates, **last_val}
-            csv_log.write(vrow)
-            if progress is not None:
-                progress(vrow)
-            log.info("validation at %d: berhu %.4f  ssim %.4f (input %.4f)  psnr %.2f (input %.2f)", it,
-                     last_val["val_berhu"], last_val["val_ssim"], last_val["val_ssim_input"],
-                     last_val["val_psnr"], last_val["val_psnr_input"])
-            if last_val["val_berhu"] < best:
-                best, best_it = last_val["val_berhu"], it
-                _save({"config": asdict(config), "meta": meta, "iteration": it, "validation": last_val,
-                       "seconds": time.perf_counter() - start, "g_updates": g_updates,
-                       "generator": (gen if ema is None else ema).state_dict()}, run / "best.pt")
-        if validating or stopping:
-            checkpoint()
-        if stopping:
-            log.info("stopping at iteration %d (checkpoint saved)", it)
-            break
-    return {"iteration": it, "best_val_berhu": best, "best_iteration": best_it, "validation": last_val}
+def _networks(config: TrainConfig, channels: int, mean: list[float], std: list[float],
+              device: torch.device) -> tuple[Generator, Discriminator, Generator | None]:
+    """Freshly initialised generator, discriminator and (with ``config.ema``) the generator's average.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Widths, depths, levels and the EMA decay.
+    channels : int
+        Image channels.
+    mean, std : list of float
+        The generator's standardisation statistics.
+    device : torch.device
+        Where the networks live.
+
+    Returns
+    -------
+    gen : Generator
+    disc : Discriminator
+    ema : Generator or None
+        A frozen copy of ``gen`` to average into, or ``None`` without EMA.
+    """
+    gen = Generator(channels, width=config.width, max_width=config.max_width, levels=config.levels,
+                    mean=mean, std=std)
+    disc = Discriminator(channels, width=config.d_width, depth=config.d_depth)
+    gen.to(device)
+    disc.to(device)
+    ema = None
+    if config.ema:
+        if not 0.0 < config.ema < 1.0:
+            raise ValueError(f"ema={config.ema!r}: a decay in (0, 1), e.g. 0.995, or 0 for none")
+        ema = copy.deepcopy(gen).requires_grad_(False)
+    return gen, disc, ema
+
+
+def _load_weights(state: dict, gen: Generator, disc: Discriminator, ema: Generator | None,
+                  opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+    """Restore networks and optimisers from a run's own ``last.pt`` ``state``.
+
+    Parameters
+    ----------
+    state : dict
+        The checkpoint.
+    gen : Generator
+        Restored in place.
+    disc : Discriminator
+        Restored in place.
+    ema : Generator or None
+        Restored in place from ``generator_ema``, or from the generator's
+        weights when the checkpoint has none.
+    opt_g, opt_d : torch.optim.Optimizer
+        Restored in place.
+    """
+    gen.load_state_dict(state["generator"])
+    if ema is not None:
+        ema.load_state_dict(state.get("generator_ema", state["generator"]))
+    disc.load_state_dict(state["discriminator"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+
+
+def _load_init_weights(init: dict, gen: Generator, disc: Discriminator, ema: Generator | None) -> None:
+    """Start a new run from another run's checkpoint ``init`` (its averaged generator when it has one).
+
+    Parameters
+    ----------
+    init : dict
+        The ``--init`` checkpoint.
+    gen : Generator
+        Loaded in place.
+    disc : Discriminator
+        Loaded in place when ``init`` has a discriminator.
+    ema : Generator or None
+        Loaded in place.
+    """
+    gen.load_state_dict(init.get("generator_ema", init["generator"]))
+    if ema is not None:
+        ema.load_state_dict(init.get("generator_ema", init["generator"]))
+    if "discriminator" in init:
+        disc.load_state_dict(init["discriminator"])
+
+
+def _batch(r: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of step ``step`` of iteration ``r.it``, on ``r.device``.
+
+    Parameters
+    ----------
+    r : _Run
+        The run.
+    step : int
+        ``k`` for generator update ``k``, ``100 + k`` for discriminator update ``k``.
+
+    Returns
+    -------
+    x, y : torch.Tensor
+        Input and target, drawn with a generator seeded by ``(seed, iteration, step)``.
+    """
+    cfg = r.config
+    x, y = r.data.batch(np.random.default_rng([cfg.seed, r.it, step]), cfg.batch_size,
+                        gray_prob=cfg.gray_prob, contrast_jitter=cfg.contrast_jitter,
+                        contrast_range=cfg.contrast_range, identity_prob=cfg.identity_prob,
+                        focus_weight_um=cfg.focus_weight_um)
+    return x.to(r.device, non_blocking=True), y.to(r.device, non_blocking=True)
+
+
+def _generator_updates(r: _Run, *, adversarial: bool) -> None:
+    """The ``g_steps`` generator updates of one iteration (discriminator frozen).
+
+    Parameters
+    ----------
+    r : _Run
+        The run; its optimiser, EMA, ``g_updates``, log sums and balancing sums advance.
+    adversarial : bool
+        Include the adversarial term (after the warm-up).
+    """
+    data, weights = r.data, r.weights
+    for p in r.disc.parameters():
+        p.requires_grad_(False)
+    for k in range(r.config.g_steps):
+        x, y = _batch(r, k)
+        pred = r.gen(x)
+        d_fake = r.disc(data.to_std(pred)) if adversarial else None
+        terms = generator_terms(d_fake, data.to_std(pred), data.to_std(y), pred_range=data.to_range(pred),
+                                target_range=data.to_range(y), c=r.c)
+        loss = weights["lambda"] * terms["adv"] + weights["nu"] * terms["msssim"] + weights["xi"] * terms["berhu"]
+        r.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        r.opt_g.step()
+        if r.ema is not None:
+            _ema_update(r.ema, r.gen, r.config.ema)
+        r.g_updates += 1
+        for key, v in terms.items():
+            r.sums[key] = r.sums.get(key, 0.0) + v.item()
+            r.bal[key] = r.bal.get(key, 0.0) + v.item()
+        r.bal["n"] = r.bal.get("n", 0.0) + 1.0
+        r.sums["g_loss"] = r.sums.get("g_loss", 0.0) + loss.item()
+        r.counted += 1
+
+
+def _discriminator_updates(r: _Run) -> None:
+    """The ``d_steps`` discriminator updates of one (adversarial) iteration.
+
+    Parameters
+    ----------
+    r : _Run
+        The run; its discriminator, optimiser and log sums advance.
+    """
+    d_steps = r.config.d_steps
+    for p in r.disc.parameters():
+        p.requires_grad_(True)
+    for k in range(d_steps):
+        x, y = _batch(r, 100 + k)
+        with torch.no_grad():
+            pred = r.gen(x)
+        d_fake, d_real = r.disc(r.data.to_std(pred)), r.disc(r.data.to_std(y))
+        loss_d = discriminator_loss(d_fake, d_real)
+        r.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        r.opt_d.step()
+        r.sums["d_loss"] = r.sums.get("d_loss", 0.0) + loss_d.item() / d_steps
+        r.sums["d_real"] = r.sums.get("d_real", 0.0) + d_real.mean().item() / d_steps
+        r.sums["d_fake"] = r.sums.get("d_fake", 0.0) + d_fake.mean().item() / d_steps
+
+
+def _log_training(r: _Run, *, adversarial: bool, progress: Callable[[dict], None] | None) -> None:
+    """Write the training row (means since the last row) to ``log.csv``, ``progress`` and the log; reset the sums.
+
+    Parameters
+    ----------
+    r : _Run
+        The run.
+    adversarial : bool
+        Whether this iteration was past the warm-up (the row's ``phase``).
+    progress : callable, optional
+        Called with the row.
+    """
+    row = _train_row(r.it, adversarial, time.perf_counter() - r.start, r.g_updates, r.sums, r.counted,
+                     r.config.g_steps, r.weights)
+    r.csv_log.write(row)
+    if progress is not None:
+        progress(row)
+    log.info("it %d (%s) %.0fs  adv %.4f  1-msssim %.4f  berhu %.4f  | weighted %.4f %.4f %.4f  d %s",
+             r.it, row["phase"], row["seconds"], row.get("adv", 0.0), row.get("msssim", 0.0),
+             row.get("berhu", 0.0), row["c_adv"], row["c_msssim"], row["c_berhu"],
+             f"{row['d_loss']:.4f}" if "d_loss" in row else "-")
+    r.sums, r.counted = {}, 0
+
+
+def _validation(r: _Run, *, adversarial: bool, periodic: bool, progress: Callable[[dict], None] | None) -> None:
+    """Rebalance (at periodic validations), validate, log, and save ``best.pt`` on a new best.
+
+    Parameters
+    ----------
+    r : _Run
+        The run; ``weights``, ``bal``, ``last_val``, ``best`` and ``best_it`` may change.
+    adversarial : bool
+        Whether this iteration was past the warm-up (``lambda`` is rebalanced only then).
+    periodic : bool
+        A ``val_every`` validation (not only the final one): the loss weights
+        are rebalanced and the balancing sums restart.
+    progress : callable, optional
+        Called with the validation row.
+    """
+    if periodic:
+        if r.config.balance and r.bal.get("n"):
+            _rebalance(r.weights, {k: v / r.bal["n"] for k, v in r.bal.items()}, adversarial=adversarial)
+        r.bal = {}
+    last_val = validate(r.averaged, r.val, rows=r.val_rows, c=r.c)
+    r.last_val = last_val
+    vrow = {"iteration": r.it, "kind": "val", "phase": "gan" if adversarial else "warmup",
+            "seconds": time.perf_counter() - r.start, "g_updates": r.g_updates, **last_val}
+    r.csv_log.write(vrow)
+    if progress is not None:
+        progress(vrow)
+    log.info("validation at %d: berhu %.4f  ssim %.4f (input %.4f)  psnr %.2f (input %.2f)", r.it,
+             last_val["val_berhu"], last_val["val_ssim"], last_val["val_ssim_input"],
+             last_val["val_psnr"], last_val["val_psnr_input"])
+    if last_val["val_berhu"] < r.best:
+        r.best, r.best_it = last_val["val_berhu"], r.it
+        _save({"config": asdict(r.config), "meta": r.meta, "iteration": r.it, "validation": last_val,
+               "seconds": time.perf_counter() - r.start, "g_updates": r.g_updates,
+               "generator": r.averaged.state_dict()}, r.path / "best.pt")
+
+
+def _checkpoint(r: _Run) -> None:
+    """Write ``last.pt``: everything needed to continue the run exactly.
+
+    Parameters
+    ----------
+    r : _Run
+        The run.
+    """
+    _save({"config": asdict(r.config), "meta": r.meta, "iteration": r.it, "seconds": time.perf_counter() - r.start,
+           "g_updates": r.g_updates, "weights": r.weights, "balance_sums": r.bal, "validation": r.last_val,
+           "best_val_berhu": r.best, "best_iteration": r.best_it,
+           "generator": r.gen.state_dict(), "discriminator": r.disc.state_dict(),
+           **({"generator_ema": r.ema.state_dict()} if r.ema is not None else {}),
+           "opt_g": r.opt_g.state_dict(), "opt_d": r.opt_d.state_dict()}, r.path / "last.pt")
 
 
 def lineage_entry(checkpoint: str | Path, state: dict) -> dict:
