@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import logging
 import math
@@ -48,20 +47,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsi_deepr.writers.atomic import atomic_file
-
 from .data import NORMALIZATIONS, TorchPairs
-from .losses import discriminator_loss, generator_terms, ms_ssim, ssim
+from .losses import discriminator_loss, generator_terms
+from .bookkeeping import _CsvLog, _rebalance, _train_row, _val_rows, validate
+from .checkpoint import (
+    _hardware,
+    _load_init,
+    _load_init_weights,
+    _load_weights,
+    _save,
+    lineage_entry,
+    load_checkpoint,
+    resolve_device,
+)
 from .models import Discriminator, Generator, count_parameters
 
 __all__ = ["TrainConfig", "build_generator", "lineage_entry", "load_checkpoint", "main", "resolve_device", "train",
            "validate"]
 
 log = logging.getLogger(__name__)
-
-CSV_FIELDS = ("iteration", "kind", "phase", "seconds", "g_updates", "adv", "msssim", "berhu",
-              "lambda", "nu", "xi", "c_adv", "c_msssim", "c_berhu", "g_loss", "d_loss", "d_real", "d_fake",
-              "val_berhu", "val_msssim", "val_ssim", "val_psnr", "val_ssim_input", "val_psnr_input")
 
 
 @dataclass
@@ -119,72 +123,6 @@ def build_generator(cfg: dict, stats: dict) -> Generator:
     return Generator(**cfg, mean=stats["mean"], std=stats["std"])
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def _save(obj: dict, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (a killed run never leaves half a checkpoint)."""
-    with atomic_file(path, "wb") as fh:
-        torch.save(obj, fh)
-
-
-@torch.no_grad()
-def validate(gen: Generator, data: TorchPairs, *, rows: np.ndarray, c: float, batch: int = 8) -> dict:
-    """Validation metrics of ``gen`` on samples ``rows`` of ``data`` (whole patches, no flips).
-
-    BerHu in the standardised space; MS-SSIM, SSIM and PSNR on ``[0, 1]``
-    intensities (output clipped), also for the input (the baseline).
-    """
-    was = gen.training
-    gen.eval()
-    acc: dict[str, float] = {}
-    n = 0
-    dev = next(gen.parameters()).device
-    for s in range(0, len(rows), batch):
-        pairs = [data.sample(int(i)) for i in rows[s : s + batch]]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])).to(dev)
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])).to(dev)
-        pred = gen(x)
-        pr, yr, xr = data.to_range(pred).clamp(0, 1), data.to_range(y), data.to_range(x).clamp(0, 1)
-        k = x.shape[0]
-        e = (data.to_std(pred) - data.to_std(y)).abs()
-        vals = {"val_berhu": torch.where(e <= c, e, (e * e + c * c) / (2 * c)).mean(),
-                "val_msssim": ms_ssim(pr, yr), "val_ssim": ssim(pr, yr), "val_ssim_input": ssim(xr, yr),
-                "val_psnr": _psnr(pr, yr), "val_psnr_input": _psnr(xr, yr)}
-        for key, v in vals.items():
-            acc[key] = acc.get(key, 0.0) + float(v) * k
-        n += k
-    gen.train(was)
-    return {k: v / n for k, v in acc.items()}
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return (10.0 * torch.log10(1.0 / mse)).mean()
-
-
-class _CsvLog:
-    def __init__(self, path: Path, *, keep_until: int) -> None:
-        self.path = path
-        rows = []
-        if path.exists():  # drop rows logged after the checkpoint we resume from
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= keep_until]
-        with open(path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in CSV_FIELDS})
-
-
-def _val_rows(n: int, k: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
 @dataclass
@@ -419,52 +357,6 @@ def _networks(config: TrainConfig, channels: int, mean: list[float], std: list[f
     return gen, disc, ema
 
 
-def _load_weights(state: dict, gen: Generator, disc: Discriminator, ema: Generator | None,
-                  opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
-    """Restore networks and optimisers from a run's own ``last.pt`` ``state``.
-
-    Parameters
-    ----------
-    state : dict
-        The checkpoint.
-    gen : Generator
-        Restored in place.
-    disc : Discriminator
-        Restored in place.
-    ema : Generator or None
-        Restored in place from ``generator_ema``, or from the generator's
-        weights when the checkpoint has none.
-    opt_g, opt_d : torch.optim.Optimizer
-        Restored in place.
-    """
-    gen.load_state_dict(state["generator"])
-    if ema is not None:
-        ema.load_state_dict(state.get("generator_ema", state["generator"]))
-    disc.load_state_dict(state["discriminator"])
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
-
-
-def _load_init_weights(init: dict, gen: Generator, disc: Discriminator, ema: Generator | None) -> None:
-    """Start a new run from another run's checkpoint ``init`` (its averaged generator when it has one).
-
-    Parameters
-    ----------
-    init : dict
-        The ``--init`` checkpoint.
-    gen : Generator
-        Loaded in place.
-    disc : Discriminator
-        Loaded in place when ``init`` has a discriminator.
-    ema : Generator or None
-        Loaded in place.
-    """
-    gen.load_state_dict(init.get("generator_ema", init["generator"]))
-    if ema is not None:
-        ema.load_state_dict(init.get("generator_ema", init["generator"]))
-    if "discriminator" in init:
-        disc.load_state_dict(init["discriminator"])
-
 
 def _batch(r: _Run, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch of step ``step`` of iteration ``r.it``, on ``r.device``.
@@ -624,13 +516,6 @@ def _checkpoint(r: _Run) -> None:
            "opt_g": r.opt_g.state_dict(), "opt_d": r.opt_d.state_dict()}, r.path / "last.pt")
 
 
-def lineage_entry(checkpoint: str | Path, state: dict) -> dict:
-    """What a model card records of a run its weights came from (``state``: that run's checkpoint)."""
-    meta = state.get("meta", {})
-    return {"checkpoint": str(checkpoint), "dataset": meta.get("dataset"), "iteration": int(state["iteration"]),
-            "seconds": float(state.get("seconds", 0.0)), "hardware": meta.get("hardware"),
-            "config": state.get("config", {})}
-
 
 @torch.no_grad()
 def _ema_update(ema: Generator, gen: Generator, decay: float) -> None:
@@ -640,42 +525,6 @@ def _ema_update(ema: Generator, gen: Generator, decay: float) -> None:
     for be, b in zip(ema.buffers(), gen.buffers(), strict=True):
         be.copy_(b)
 
-
-def _load_init(path: str) -> dict:
-    """Initial weights for a new run: a checkpoint, or a run folder (its ``best.pt``).
-
-    The generator's configuration must match the new run's; a discriminator is
-    taken when the checkpoint has one (``last.pt``).
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.pt"
-    if not p.is_file():
-        raise FileNotFoundError(f"--init {path}: no checkpoint there; pass a .pt file or a run folder with best.pt")
-    return load_checkpoint(p)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when there is a GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device={name!r}: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: torch {torch.__version__} sees no CUDA GPU; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _hardware(device: torch.device) -> str:
-    import platform
-
-    where = (f"{torch.cuda.get_device_name(device)} GPU" if device.type == "cuda"
-             else f"{torch.get_num_threads()} CPU threads, no GPU")
-    return f"{where} ({os.cpu_count()} CPU cores, {platform.machine()}), torch {torch.__version__}"
 
 
 def _pause(flag: Path, stop: Callable[[], bool] | None) -> float:
@@ -688,28 +537,6 @@ def _pause(flag: Path, stop: Callable[[], bool] | None) -> float:
     log.info("resuming after %.0f s", paused)
     return paused
 
-
-def _train_row(it: int, adversarial: bool, seconds: float, g_updates: int, sums: dict, counted: int,
-               g_steps: int, weights: dict) -> dict:
-    """A CSV row of the mean training terms since the last row."""
-    n = max(counted, 1)
-    mean_t = {k: v / n for k, v in sums.items() if not k.startswith("d_")}
-    mean_t.update({k: v * g_steps / n for k, v in sums.items() if k.startswith("d_")})
-    return {"iteration": it, "kind": "train", "phase": "gan" if adversarial else "warmup", "seconds": seconds,
-            "g_updates": g_updates, **mean_t, **weights,
-            "c_adv": weights["lambda"] * mean_t.get("adv", 0.0),
-            "c_msssim": weights["nu"] * mean_t.get("msssim", 0.0),
-            "c_berhu": weights["xi"] * mean_t.get("berhu", 0.0)}
-
-
-def _rebalance(weights: dict, means: dict, *, adversarial: bool) -> None:
-    """Move ``nu`` and ``lambda`` halfway (geometrically) to equal contributions."""
-    target = weights["xi"] * means.get("berhu", 0.0)
-    pairs = [("nu", "msssim")] + ([("lambda", "adv")] if adversarial else [])
-    for w, term in pairs:
-        value = means.get(term, 0.0)
-        if target > 0 and value > 1e-8:
-            weights[w] = float(np.clip(math.sqrt(weights[w] * target / value), 1e-3, 1e3))
 
 
 def _parser() -> argparse.ArgumentParser:
