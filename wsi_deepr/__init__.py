@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from wsi_deepr._version import __version__
 
-__all__ = ["__version__", "open_slide", "refocus", "list_models", "RefocusResult"]
+__all__ = ["__version__", "RefocusOptions", "RefocusResult", "defocus_map", "list_models", "open_slide", "refocus",
+           "refocus_array"]
 
 _LAZY = {
     "open_slide": ("wsi_deepr.readers", "open_slide"),
     "refocus": ("wsi_deepr.api", "refocus"),
     "RefocusResult": ("wsi_deepr.api", "RefocusResult"),
     "list_models": ("wsi_deepr.inference.registry", "list_models"),
+    "RefocusOptions": ("wsi_deepr.options", "RefocusOptions"),
+    "refocus_array": ("wsi_deepr.inference.kernel", "refocus_array"),
+    "defocus_map": ("wsi_deepr.focus.map", "defocus_map"),
 }
 
 
