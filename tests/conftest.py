@@ -24,3 +24,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared test data not found: {SHARED_DATA}")
     return SHARED_DATA
+
+
+from .slurm_fixture import slurm_cluster  # noqa: E402,F401 - the session fixture of tests/test_slurm.py
