@@ -33,7 +33,7 @@ import re
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "JobTooLargeError", "NodeInfo", "check_job_fits", "job_size", "make_cluster", "pbs_cluster",
@@ -147,8 +147,7 @@ def _minutes(limit: str) -> float:
     return (int(days or 0) * 24 + h) * 60 + m + sec / 60
 
 
-@dataclass(frozen=True)
-class NodeInfo:
+class NodeInfo(NamedTuple):
     """One SLURM node of a partition, as ``sinfo`` reports it."""
 
     name: str
