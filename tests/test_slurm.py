@@ -180,13 +180,14 @@ def test_job_that_fits_no_node_is_named() -> None:
         clusters.check_job_fits(cores=8, memory="4GB", walltime="2-00:00:00", nodes=small)
 
 
-def test_taken_dashboard_port_falls_back_to_a_free_one() -> None:
+def test_taken_dashboard_port_falls_back_to_a_free_one(tmp_path) -> None:
     clusters = _clusters()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cluster = clusters.slurm_cluster(cores=1, dashboard_address=f"127.0.0.1:{port}", interface="lo")
+        cluster = clusters.slurm_cluster(cores=1, dashboard_address=f"127.0.0.1:{port}", interface="lo",
+                                         log_directory=str(tmp_path))
         try:
             link = cluster.dashboard_link
         finally:
@@ -256,6 +257,9 @@ def test_run_batch_on_slurm_workers_identical_to_local(slurm_cluster, tmp_path, 
                   str(shared_path("slides", BOXES)), str(shared_path("slides", CMU)), "--output-dir", str(out),
                   "--model", str(models["fast"]), "--report", str(out / "report"))
     assert proc.returncode == 0, proc.stderr
+    (job,) = _job_ids(logs)
+    shown = slurm_cluster.run("scontrol", "show", "job", job).stdout  # before MinJobAge forgets it
+    assert "NumCPUs=2" in shown and "mem=4G" in shown and "JobName=wsi-deepr-worker" in shown
     link = re.search(r"Dask dashboard: (http://\S+)", proc.stderr).group(1)
     assert link.startswith("http://127.0.0.1:") and ":8787/" not in link
     for slide in (BOXES, CMU):
@@ -264,9 +268,6 @@ def test_run_batch_on_slurm_workers_identical_to_local(slurm_cluster, tmp_path, 
         scheduler = json.loads(target.with_name(target.name + ".json").read_text())["scheduler"]
         assert scheduler["scheduler"].startswith("tcp://127.0.0.1:")
         assert (scheduler["workers"], scheduler["threads"]) == (2, 2)  # 2 processes x 1 thread = 2 cores
-    (job,) = _job_ids(logs)
-    shown = slurm_cluster.run("scontrol", "show", "job", job).stdout
-    assert "NumCPUs=2" in shown and "mem=4G" in shown and "JobName=wsi-deepr-worker" in shown
     worker_log = (logs / f"wsi-deepr-worker-{job}.err").read_text()
     assert re.findall(r"Threads:\s+(\d+)", worker_log) == ["1", "1"]
     assert re.findall(r"Memory:\s+([\d.]+ GiB)", worker_log) == ["1.86 GiB"] * 2  # 4 GB / 2 workers
@@ -285,13 +286,13 @@ def test_gpu_job_scheduled_on_the_fake_gres(slurm_cluster, tmp_path, models, ref
                            str(models["fast"]), "--device", "auto"],
                           capture_output=True, text=True, env=environ, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
+    (job,) = _job_ids(logs)
+    shown = slurm_cluster.run("scontrol", "show", "job", "--details", job).stdout  # before MinJobAge forgets it
+    assert re.search(r"GRES=gpu(:\w+)?:1", shown), shown
     target = out / "boxes.refocused.ome.tif"
     record = json.loads(target.with_name(target.name + ".json").read_text())
     assert record["scheduler"]["resources"] == {"GPU": 1}
     assert record["provider"] == "CPUExecutionProvider"
-    (job,) = _job_ids(logs)
-    shown = slurm_cluster.run("scontrol", "show", "job", "--details", job).stdout
-    assert re.search(r"GRES=gpu(:\w+)?:1", shown), shown
     assert "CUDA_VISIBLE_DEVICES=0" in (logs / f"wsi-deepr-worker-{job}.out").read_text()
     assert_identical(target, reference(BOXES, "fast"))
 
@@ -319,6 +320,8 @@ def test_slurm_worker_killed_and_worker_job_cancelled_mid_slide(slurm_cluster, t
            *LOOPBACK, "--log-dir", str(logs), "--", str(shared_path("slides", CMU)), "--output-dir", str(out),
            "--model", str(models["slow"]), "--tile", "256", "--report", str(out / "report")]
     with subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        wait_until(lambda: len(_job_ids(logs)) == 2 and all(_slurm_workers(j) for j in _job_ids(logs))
+                   or proc.poll() is not None, timeout=180, what="a worker process in both jobs")
         wait_until(lambda: markers(target) >= 2 or proc.poll() is not None, timeout=180, what="2 blocks")
         jobs = _job_ids(logs)
         assert len(jobs) == 2 and proc.poll() is None
@@ -341,15 +344,18 @@ def test_slurm_worker_killed_and_worker_job_cancelled_mid_slide(slurm_cluster, t
 @pytest.mark.slurm
 def test_nightly_sbatch_preempted_by_scancel_resumes_on_resubmission(slurm_cluster, tmp_path, models,
                                                                        reference) -> None:
-    """``nightly.sbatch`` (1-core driver + one 1-core worker job): scancel in the middle of the first
-    slide cancels the worker job too; ``sbatch --wait`` again resumes it and writes the report."""
+    """``nightly.sbatch`` (1-core driver + two worker jobs of all the other cores, so one of them waits in
+    the queue): scancel in the middle of the first slide cancels the worker jobs too, the pending one
+    included; ``sbatch --wait`` again resumes the slide and writes the report."""
+    if slurm_cluster.cpus < 2:
+        pytest.skip("the driver and a worker job need 2 cores")
     incoming, out = tmp_path / "incoming", tmp_path / "out"
     incoming.mkdir()
     for slide in (CMU, BOXES):
         (incoming / slide).symlink_to(shared_path("slides", slide))
     environ = {**env(), "WSI_DEEPR_INCOMING": str(incoming), "WSI_DEEPR_OUTPUT": str(out),
                "WSI_DEEPR_VENV": sys.prefix, "WSI_DEEPR_PIPELINES": str(PIPELINES), "WSI_DEEPR_GPU": "0",
-               "WSI_DEEPR_JOBS": "1", "WSI_DEEPR_WORKER_CORES": "1", "WSI_DEEPR_WORKER_MEMORY": "2GB",
+               "WSI_DEEPR_JOBS": "2", "WSI_DEEPR_WORKER_CORES": str(slurm_cluster.cpus - 1), "WSI_DEEPR_WORKER_MEMORY": "2GB",
                "WSI_DEEPR_DRIVER_ARGS": " ".join(LOOPBACK),
                "WSI_DEEPR_BATCH_ARGS": f"--model {models['slow']} --tile 256"}
     sbatch = ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=2G", f"--chdir={tmp_path}",
@@ -359,8 +365,9 @@ def test_nightly_sbatch_preempted_by_scancel_resumes_on_resubmission(slurm_clust
     target = out / "CMU-1-Small-Region.refocused.ome.tif"
     wait_until(lambda: markers(target) >= 3 or job not in slurm_cluster.jobs(), timeout=180, what="3 blocks")
     assert job in slurm_cluster.jobs(), (tmp_path / f"driver-{job}.log").read_text()
+    assert sorted(slurm_cluster.jobs("wsi-deepr-worker").values()) == ["PENDING", "RUNNING"]
     slurm_cluster.run("scancel", job)
-    wait_until(lambda: not slurm_cluster.jobs(), timeout=60, what="the driver and its worker job to end", poll=0.5)
+    wait_until(lambda: not slurm_cluster.jobs(), timeout=20, what="the driver and its worker job to end", poll=0.5)
     assert not target.exists() and markers(target) >= 3
     t0 = time.monotonic()
     second = subprocess.run([*sbatch[:1], "--wait", *sbatch[1:]], capture_output=True, text=True, env=environ,

@@ -116,7 +116,10 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 InactiveLimit=0
 KillWait=5
-MinJobAge=300
+# finished jobs stay in scontrol for 16 s; sbatch --wait then polls every 8 s (its back-off is capped at
+# MinJobAge/2; with the default 300 s a 13-s job is noticed after 42 s)
+MinJobAge=16
+MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=60
 GresTypes=gpu
