@@ -83,8 +83,9 @@ def wait_for_workers(client, cluster, *, system: str, jobs: int, timeout: float,
             return
         elapsed = time.monotonic() - start
         if elapsed > timeout:
-            raise TimeoutError(f"no worker joined within {timeout:.0f} s (jobs {', '.join(_job_ids(cluster)) or 'none'});"
-                               f" check the queue (squeue) and the worker logs, or raise --wait")
+            ids = ", ".join(_job_ids(cluster)) or "none"
+            raise TimeoutError(f"no worker joined within {timeout:.0f} s (jobs {ids}); check the queue (squeue) "
+                               f"and the worker logs, or raise --wait")
         ids = _job_ids(cluster)
         if not ids and elapsed > 60:
             raise WorkersNeverStart(f"none of the {jobs} worker job(s) was submitted after {elapsed:.0f} s: "

@@ -355,7 +355,8 @@ def test_nightly_sbatch_preempted_by_scancel_resumes_on_resubmission(slurm_clust
         (incoming / slide).symlink_to(shared_path("slides", slide))
     environ = {**env(), "WSI_DEEPR_INCOMING": str(incoming), "WSI_DEEPR_OUTPUT": str(out),
                "WSI_DEEPR_VENV": sys.prefix, "WSI_DEEPR_PIPELINES": str(PIPELINES), "WSI_DEEPR_GPU": "0",
-               "WSI_DEEPR_JOBS": "2", "WSI_DEEPR_WORKER_CORES": str(slurm_cluster.cpus - 1), "WSI_DEEPR_WORKER_MEMORY": "2GB",
+               "WSI_DEEPR_JOBS": "2", "WSI_DEEPR_WORKER_CORES": str(slurm_cluster.cpus - 1),
+               "WSI_DEEPR_WORKER_MEMORY": "2GB",
                "WSI_DEEPR_DRIVER_ARGS": " ".join(LOOPBACK),
                "WSI_DEEPR_BATCH_ARGS": f"--model {models['slow']} --tile 256"}
     sbatch = ["sbatch", "--parsable", "--cpus-per-task=1", "--mem=2G", f"--chdir={tmp_path}",
