@@ -238,6 +238,8 @@ def test_job_too_big_for_any_node_fails_at_once(slurm_cluster, tmp_path) -> None
     assert proc.returncode == 2, proc.stderr
     assert f"a worker job of {cores} cores, 1GB" in proc.stderr
     assert f"the largest is {slurm_cluster.node} with {slurm_cluster.cpus} cores" in proc.stderr
+    proc = driver("--queue", "nosuch", "--cores", "1", "--", "x.svs", "--output-dir", str(tmp_path))
+    assert proc.returncode == 2 and "partition nosuch has no nodes (sinfo); check --queue" in proc.stderr
     # unchecked, SLURM takes the job and leaves it pending for ever: the wait notices at once and cancels it
     proc = driver("--jobs", "1", "--cores", str(cores), "--memory", "1GB", "--no-size-check", *LOOPBACK,
                   "--log-dir", str(tmp_path / "logs"), "--", "x.svs", "--output-dir", str(tmp_path))
