@@ -15,6 +15,15 @@ arguments or the environment variables ``WSI_DEEPR_QUEUE``,
 ``WSI_DEEPR_ACCOUNT`` and ``WSI_DEEPR_PROLOGUE`` (shell lines separated by
 ``;``, e.g. ``module load cuda/12.4; source ~/venvs/wsi-deepr/bin/activate``).
 
+Job size (:func:`job_size`): ``cores`` threads split over ``processes``
+worker processes (a divisor of ``cores``; 1 for GPU jobs, else ``cores // 4``
+by default), each with ``memory / processes``.  :func:`check_job_fits`
+compares a job with the nodes ``sinfo`` reports, since SLURM leaves a job
+that no node can run pending for ever.  Worker logs go to ``log_directory``
+(``$WSI_DEEPR_LOG_DIR``, ``./wsi-deepr-logs``); the dashboard to
+``dashboard_address`` (a free port when ``:8787`` is taken); ``interface``
+picks the network of the scheduler and workers (``lo`` on one machine).
+
 Show the worker job script that would be submitted::
 
     python pipelines/clusters.py slurm --gpu
