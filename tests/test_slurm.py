@@ -323,7 +323,7 @@ def test_slurm_worker_killed_and_worker_job_cancelled_mid_slide(slurm_cluster, t
            "--model", str(models["slow"]), "--tile", "256", "--report", str(out / "report")]
     with subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         wait_until(lambda: len(_job_ids(logs)) == 2 and all(_slurm_workers(j) for j in _job_ids(logs))
-                   or proc.poll() is not None, timeout=180, what="a worker process in both jobs")
+                   or proc.poll() is not None, timeout=180, what="a worker process in both jobs", poll=0.2)
         wait_until(lambda: markers(target) >= 2 or proc.poll() is not None, timeout=180, what="2 blocks")
         jobs = _job_ids(logs)
         assert len(jobs) == 2 and proc.poll() is None
@@ -366,7 +366,8 @@ def test_nightly_sbatch_preempted_by_scancel_resumes_on_resubmission(slurm_clust
     first = subprocess.run(sbatch, capture_output=True, text=True, env=environ, timeout=60, check=True)
     job = first.stdout.strip().split(";")[0]
     target = out / "CMU-1-Small-Region.refocused.ome.tif"
-    wait_until(lambda: markers(target) >= 3 or job not in slurm_cluster.jobs(), timeout=180, what="3 blocks")
+    wait_until(lambda: markers(target) >= 3 or job not in slurm_cluster.jobs(), timeout=180, what="3 blocks",
+               poll=0.1)
     assert job in slurm_cluster.jobs(), (tmp_path / f"driver-{job}.log").read_text()
     assert sorted(slurm_cluster.jobs("wsi-deepr-worker").values()) == ["PENDING", "RUNNING"]
     slurm_cluster.run("scancel", job)

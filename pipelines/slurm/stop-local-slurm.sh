@@ -2,7 +2,8 @@
 # Stop the one-node SLURM started by start-local-slurm.sh: cancel its jobs, stop slurmd and
 # slurmctld (by their pid files), and munged when this script's start started it.
 #
-#   pipelines/slurm/stop-local-slurm.sh [STATE_DIR] [--purge]   # --purge: remove STATE_DIR too
+#   pipelines/slurm/stop-local-slurm.sh [STATE_DIR] [--purge]
+#   --purge: remove STATE_DIR and the fake GPU device too (SLURM and munge stay installed)
 set -euo pipefail
 
 STATE=/tmp/wsi-deepr-slurm
@@ -50,5 +51,5 @@ fi
 if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
     rm -f /etc/slurm/slurm.conf
 fi
-if [ "$PURGE" = 1 ]; then rm -rf "$STATE"; fi
+if [ "$PURGE" = 1 ]; then rm -rf "$STATE" /dev/wsi-deepr-fake-gpu0; fi
 if [ "$PURGE" = 1 ]; then say "stopped; $STATE removed"; else say "stopped (state and logs in $STATE)"; fi
