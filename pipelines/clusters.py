@@ -15,6 +15,15 @@ arguments or the environment variables ``WSI_DEEPR_QUEUE``,
 ``WSI_DEEPR_ACCOUNT`` and ``WSI_DEEPR_PROLOGUE`` (shell lines separated by
 ``;``, e.g. ``module load cuda/12.4; source ~/venvs/wsi-deepr/bin/activate``).
 
+Job size (:func:`job_size`): ``cores`` threads split over ``processes``
+worker processes (a divisor of ``cores``; 1 for GPU jobs, else ``cores // 4``
+by default), each with ``memory / processes``.  :func:`check_job_fits`
+compares a job with the nodes ``sinfo`` reports, since SLURM leaves a job
+that no node can run pending for ever.  Worker logs go to ``log_directory``
+(``$WSI_DEEPR_LOG_DIR``, ``./wsi-deepr-logs``); the dashboard to
+``dashboard_address`` (a free port when ``:8787`` is taken); ``interface``
+picks the network of the scheduler and workers (``lo`` on one machine).
+
 Show the worker job script that would be submitted::
 
     python pipelines/clusters.py slurm --gpu
@@ -26,13 +35,199 @@ Needs ``pip install "wsi-deepr[cluster]"`` (dask-jobqueue).
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
+import re
+import shutil
+import socket
+import subprocess
+from typing import NamedTuple
 
-__all__ = ["make_cluster", "pbs_cluster", "slurm_cluster"]
+__all__ = [
+    "JobTooLargeError", "NodeInfo", "check_job_fits", "job_size", "make_cluster", "pbs_cluster",
+    "slurm_cluster", "slurm_nodes",
+]
+
+log = logging.getLogger(__name__)
 
 #: worker job size: (cores, memory, processes) for GPU and CPU jobs
 GPU_JOB = {"cores": 8, "memory": "48GB", "processes": 1}
 CPU_JOB = {"cores": 16, "memory": "64GB", "processes": 4}
+#: threads per worker process of a CPU job when only ``cores`` is given (as in ``CPU_JOB``)
+CPU_THREADS_PER_WORKER = 4
+#: where worker job logs go by default (relative to the driver's folder)
+LOG_DIRECTORY = "wsi-deepr-logs"
+
+
+class JobTooLargeError(ValueError):
+    """A worker job asks for more than any node of the queue has: it would wait forever."""
+
+
+def job_size(*, gpu: bool = False, cores: int | None = None, memory: str | None = None,
+             processes: int | None = None) -> dict:
+    """Cores, memory and worker processes of one worker job, checked.
+
+    Parameters
+    ----------
+    gpu : bool
+        A GPU job (:data:`GPU_JOB`): one worker process, it holds the GPU.
+    cores : int, optional
+        Cores of the job [default: that of :data:`GPU_JOB` / :data:`CPU_JOB`].
+    memory : str, optional
+        Memory of the job (``"48GB"``) [default: the default job's memory
+        per core times ``cores``]; each worker process gets
+        ``memory / processes`` as its Dask memory limit.
+    processes : int, optional
+        Worker processes of the job.  Default: 1 for a GPU job; for a CPU job
+        that of :data:`CPU_JOB` when ``cores`` is not given, else
+        ``cores // 4`` (at least 1) lowered until it divides ``cores``.
+
+    Returns
+    -------
+    dict
+        ``{"cores", "memory", "processes"}`` with ``cores % processes == 0``:
+        every worker gets ``cores // processes`` threads and threads x workers
+        equals the cores the job asks for.
+
+    Raises
+    ------
+    ValueError
+        ``cores`` or ``processes`` below 1, more processes than cores, cores
+        not a multiple of processes, or a GPU job with several processes.
+    """
+    from dask.utils import parse_bytes
+
+    job = dict(GPU_JOB if gpu else CPU_JOB)
+    if cores is not None:
+        if int(cores) < 1:
+            raise ValueError(f"cores must be at least 1, got {cores}")
+        if not memory:  # the default job's memory per core
+            per_core = parse_bytes(job["memory"]) / job["cores"]
+            memory = f"{math.ceil(per_core * int(cores) / 1e9)}GB"
+        job["cores"] = int(cores)
+        if processes is None and not gpu:  # the default job's ratio, never more processes than cores
+            n = max(1, job["cores"] // CPU_THREADS_PER_WORKER)
+            while job["cores"] % n:
+                n -= 1
+            job["processes"] = n
+    if memory:
+        job["memory"] = str(memory)
+    if processes is not None:
+        job["processes"] = int(processes)
+    cores, processes = job["cores"], job["processes"]
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if gpu and processes != 1:
+        raise ValueError(f"a GPU job runs one worker process (it holds the job's one GPU), got processes={processes}; "
+                         f"drop --processes or use CPU jobs")
+    if processes > cores:
+        raise ValueError(f"processes={processes} > cores={cores}: every worker process needs a thread; "
+                         f"pass --processes {cores} or fewer, or more --cores")
+    if cores % processes:
+        divisors = [str(d) for d in range(1, cores + 1) if cores % d == 0]
+        raise ValueError(f"cores={cores} is not a multiple of processes={processes}: the workers would use "
+                         f"{processes} x {cores // processes} = {processes * (cores // processes)} of the {cores} "
+                         f"cores; pass --processes {', '.join(divisors)}")
+    return job
+
+
+def _slurm_mebibytes(memory: str) -> int:
+    """MiB that dask-jobqueue's ``#SBATCH --mem=`` asks for ``memory`` (rounded up as it does)."""
+    from dask.utils import parse_bytes
+
+    n = parse_bytes(memory)
+    for unit, mib in ((1024 ** 3, 1024), (1024 ** 2, 1)):
+        if n >= unit:
+            return math.ceil(n / unit) * mib
+    return 1
+
+
+def _minutes(limit: str) -> float:
+    """SLURM time ``[D-]HH:MM:SS`` / ``MM:SS`` / ``infinite`` in minutes."""
+    limit = limit.strip()
+    if not limit or limit.lower() in ("infinite", "unlimited", "n/a"):
+        return math.inf
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, sec = parts[-3:]
+    return (int(days or 0) * 24 + h) * 60 + m + sec / 60
+
+
+class NodeInfo(NamedTuple):
+    """One SLURM node of a partition, as ``sinfo`` reports it."""
+
+    name: str
+    partition: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    time_limit: str
+
+
+def slurm_nodes(partition: str | None = None) -> list[NodeInfo]:
+    """The nodes of ``partition`` (default: of every partition) from ``sinfo``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``sinfo`` is not on the ``PATH``.
+    RuntimeError
+        ``sinfo`` failed (its message is included).
+    """
+    if shutil.which("sinfo") is None:
+        raise FileNotFoundError("sinfo not found on PATH")
+    cmd = ["sinfo", "--noheader", "--Node", "--format", "%N|%P|%c|%m|%G|%l"]
+    if partition:
+        cmd += ["--partition", partition]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    nodes = []
+    for line in proc.stdout.splitlines():
+        name, part, cpus, mem, gres, limit = line.strip().split("|")
+        gpus = sum(int(m.group(1)) for m in re.finditer(r"(?:^|,)gpu(?::[^:,(]+)?:(\d+)", gres))
+        nodes.append(NodeInfo(name, part.rstrip("*"), int(cpus), int(mem.rstrip("+")), gpus, limit))
+    return nodes
+
+
+def check_job_fits(*, cores: int, memory: str, gpus: int = 0, walltime: str | None = None,
+                   queue: str | None = None, nodes: list[NodeInfo] | None = None) -> None:
+    """Raise :class:`JobTooLargeError` when no node of ``queue`` can ever run the worker job.
+
+    SLURM accepts such a job and leaves it pending for ever (reason
+    ``PartitionConfig``, or "Invalid generic resource" for GPUs on a
+    cluster without GRES): check before submitting.  ``nodes`` default to
+    :func:`slurm_nodes`; without ``sinfo`` nothing is checked (logged).
+    """
+    if nodes is None:
+        try:
+            nodes = slurm_nodes(queue)
+        except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as exc:
+            log.warning("job size not checked against the nodes: %s", exc)
+            return
+    where = f"partition {queue}" if queue else "the cluster"
+    mib = _slurm_mebibytes(memory)
+    asked = f"{cores} cores, {memory} (--mem={mib}M)" + (f", {gpus} GPU" if gpus else "")
+    if not nodes:
+        raise JobTooLargeError(f"a worker job of {asked} cannot run: {where} has no nodes (sinfo); "
+                               f"check --queue")
+    fits = [n for n in nodes if n.cpus >= cores and n.memory_mb >= mib and n.gpus >= gpus]
+    if walltime and fits and all(_minutes(walltime) > _minutes(n.time_limit) for n in fits):
+        limits = ", ".join(sorted({n.time_limit for n in fits}))
+        raise JobTooLargeError(f"a worker job of walltime {walltime} exceeds the time limit of {where} "
+                               f"({limits}); pass a shorter --walltime")
+    if not fits:
+        biggest = max(nodes, key=lambda n: (n.gpus >= gpus, n.cpus, n.memory_mb))
+        fix_mem = f"{max(1, biggest.memory_mb * 9 // 10 // 1024)}GB"
+        raise JobTooLargeError(
+            f"a worker job of {asked} fits no node of {where}: the largest is {biggest.name} with "
+            f"{biggest.cpus} cores, {biggest.memory_mb} MB" + (f", {biggest.gpus} GPU" if gpus else "")
+            + f"; pass e.g. --cores {min(cores, biggest.cpus)} --memory {fix_mem}"
+            + (" (or no --gpu)" if gpus and biggest.gpus < gpus else ""))
+    log.info("a worker job of %s fits %d node(s) of %s", asked, len(fits), where)
 
 
 def _prologue(prologue: list[str] | None) -> list[str]:
@@ -42,32 +237,77 @@ def _prologue(prologue: list[str] | None) -> list[str]:
     return [*lines, "export MALLOC_ARENA_MAX=2"]
 
 
-def _common(gpu: bool, cores: int | None, memory: str | None, walltime: str,
-            prologue: list[str] | None) -> dict:
-    job = dict(GPU_JOB if gpu else CPU_JOB)
-    if cores:
-        job["cores"] = cores
-    if memory:
-        job["memory"] = memory
+def _free_address(address: str) -> str:
+    """``address`` if its port can be bound here, else the same host with port 0 (a free one)."""
+    host, _, port = address.rpartition(":")
+    if not port or port == "0":
+        return address
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host or "", int(port)))
+    except (OSError, ValueError):
+        log.info("dashboard port %s is taken; using a free one", port)
+        return f"{host}:0"
+    return address
+
+
+def _common(*, gpu: bool, cores: int | None, memory: str | None, processes: int | None, walltime: str,
+            prologue: list[str] | None, dashboard_address: str, interface: str | None,
+            log_directory: str | None) -> dict:
+    job = job_size(gpu=gpu, cores=cores, memory=memory, processes=processes)
     options = {
         **job,
         "walltime": walltime,
         "job_script_prologue": _prologue(prologue),
-        "local_directory": "$TMPDIR",  # worker spill space on the node's local disk
-        "scheduler_options": {"dashboard_address": ":8787"},
+        "local_directory": "${TMPDIR:-/tmp}",  # worker spill space on the node's local disk
+        "scheduler_options": {"dashboard_address": _free_address(dashboard_address)},
         "worker_extra_args": ["--resources", "GPU=1"] if gpu else [],
         "job_name": "wsi-deepr-worker",
+        "log_directory": log_directory or os.environ.get("WSI_DEEPR_LOG_DIR") or LOG_DIRECTORY,
     }
+    if interface:  # scheduler and workers listen on it (``lo``: one machine, loopback only)
+        options["interface"] = interface
     return options
 
 
 def slurm_cluster(*, gpu: bool = False, queue: str | None = None, account: str | None = None,
-                  cores: int | None = None, memory: str | None = None, walltime: str = "12:00:00",
-                  prologue: list[str] | None = None, **overrides):
-    """A ``dask_jobqueue.SLURMCluster`` whose jobs are wsi-deepr workers (one GPU per job with ``gpu``)."""
+                  cores: int | None = None, memory: str | None = None, processes: int | None = None,
+                  walltime: str = "12:00:00", prologue: list[str] | None = None,
+                  dashboard_address: str = ":8787", interface: str | None = None,
+                  log_directory: str | None = None, **overrides):
+    """A ``dask_jobqueue.SLURMCluster`` whose jobs are wsi-deepr workers (one GPU per job with ``gpu``).
+
+    Parameters
+    ----------
+    gpu : bool
+        One GPU per job (``--gres=gpu:1``), one worker process declared
+        with ``--resources GPU=1``.
+    queue, account : str, optional
+        Partition and account [default: ``$WSI_DEEPR_QUEUE``, ``$WSI_DEEPR_ACCOUNT``].
+    cores, memory, processes
+        Size of one worker job, see :func:`job_size`.
+    walltime : str
+        Time limit of a worker job.
+    prologue : list of str, optional
+        Shell lines run before the worker starts [default: ``$WSI_DEEPR_PROLOGUE``
+        split at ``;``].
+    dashboard_address : str
+        ``[HOST]:PORT`` of the scheduler's dashboard; a taken port falls
+        back to a free one (``:0`` always takes a free one).
+    interface : str, optional
+        Network interface the scheduler and the workers listen on
+        (``ib0``; ``lo`` keeps a one-machine cluster on loopback).
+    log_directory : str, optional
+        Folder of the worker jobs' stdout/stderr [default: ``$WSI_DEEPR_LOG_DIR``
+        or ``wsi-deepr-logs``].
+    **overrides
+        Any other ``SLURMCluster`` argument.
+    """
     from dask_jobqueue import SLURMCluster
 
-    options = _common(gpu, cores, memory, walltime, prologue)
+    options = _common(gpu=gpu, cores=cores, memory=memory, processes=processes, walltime=walltime,
+                      prologue=prologue, dashboard_address=dashboard_address, interface=interface,
+                      log_directory=log_directory)
     options["job_extra_directives"] = ["--gres=gpu:1"] if gpu else []
     options["queue"] = queue or os.environ.get("WSI_DEEPR_QUEUE")
     options["account"] = account or os.environ.get("WSI_DEEPR_ACCOUNT")
@@ -76,12 +316,19 @@ def slurm_cluster(*, gpu: bool = False, queue: str | None = None, account: str |
 
 
 def pbs_cluster(*, gpu: bool = False, queue: str | None = None, account: str | None = None,
-                cores: int | None = None, memory: str | None = None, walltime: str = "12:00:00",
-                prologue: list[str] | None = None, **overrides):
-    """A ``dask_jobqueue.PBSCluster`` whose jobs are wsi-deepr workers (one GPU per job with ``gpu``)."""
+                cores: int | None = None, memory: str | None = None, processes: int | None = None,
+                walltime: str = "12:00:00", prologue: list[str] | None = None,
+                dashboard_address: str = ":8787", interface: str | None = None,
+                log_directory: str | None = None, **overrides):
+    """A ``dask_jobqueue.PBSCluster`` whose jobs are wsi-deepr workers (one GPU per job with ``gpu``).
+
+    Same parameters as :func:`slurm_cluster`.
+    """
     from dask_jobqueue import PBSCluster
 
-    options = _common(gpu, cores, memory, walltime, prologue)
+    options = _common(gpu=gpu, cores=cores, memory=memory, processes=processes, walltime=walltime,
+                      prologue=prologue, dashboard_address=dashboard_address, interface=interface,
+                      log_directory=log_directory)
     ncpus, mem = options["cores"], options["memory"].lower()
     options["resource_spec"] = f"select=1:ncpus={ncpus}:mem={mem}" + (":ngpus=1" if gpu else "")
     options["queue"] = queue or os.environ.get("WSI_DEEPR_QUEUE")
@@ -104,15 +351,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker job")
     parser.add_argument("--cores", type=int, default=None)
     parser.add_argument("--memory", default=None)
+    parser.add_argument("--processes", type=int, default=None, help="worker processes per job")
     parser.add_argument("--queue", default=None)
     parser.add_argument("--account", default=None)
     args = parser.parse_args(argv)
-    cluster = make_cluster(args.system, gpu=args.gpu, cores=args.cores, memory=args.memory, queue=args.queue,
-                           account=args.account)
+    logs = os.environ.get("WSI_DEEPR_LOG_DIR") or LOG_DIRECTORY
+    existed = os.path.isdir(logs)
+    cluster = make_cluster(args.system, gpu=args.gpu, cores=args.cores, memory=args.memory,
+                           processes=args.processes, queue=args.queue, account=args.account,
+                           dashboard_address="127.0.0.1:0", log_directory=logs)
     try:
         print(cluster.job_script())
     finally:
         cluster.close()
+        if not existed and os.path.isdir(logs) and not os.listdir(logs):
+            os.rmdir(logs)  # dask-jobqueue creates it; only printing here
 
 
 if __name__ == "__main__":

@@ -80,3 +80,6 @@ def rgb_model(model_folder) -> Path:
 def mono_model(model_folder) -> Path:
     """Fluorescence conv test model: 1 channel, depth 2, seed 0, percentile 1-99.8, halo 4 px."""
     return model_folder / "mono.onnx"
+
+
+from .slurm_fixture import slurm_cluster  # noqa: E402,F401 - the session fixture of tests/test_slurm.py

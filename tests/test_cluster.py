@@ -118,12 +118,12 @@ def _load_pipelines_module(name: str):
 
 
 @pytest.mark.parametrize("system", ["slurm", "pbs"])
-def test_jobqueue_gpu_job_script_requests_a_gpu_and_starts_the_worker(system) -> None:
+def test_jobqueue_gpu_job_script_requests_a_gpu_and_starts_the_worker(system, tmp_path) -> None:
     pytest.importorskip("dask_jobqueue")
     clusters = _load_pipelines_module("clusters")
     local = {"scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}
     cluster = clusters.make_cluster(system, gpu=True, queue="gpu", account="lab",
-                                    prologue=["source /opt/venv/bin/activate"], **local)
+                                    prologue=["source /opt/venv/bin/activate"], log_directory=str(tmp_path), **local)
     try:
         script = cluster.job_script()
     finally:
