@@ -113,7 +113,7 @@ BF_MODEL="${BF_MODEL-deepr-brightfield-preview}"
 FL_MODEL="${FL_MODEL-}"
 model_args() {  # model_args SLIDE: the --model option for the slide's modality
     local modality
-    modality=$("$PY" -c "import sys; from wsi_deepr.io import open_slide; print(open_slide(sys.argv[1]).modality.value)" "$1" 2>/dev/null || echo unknown)
+    modality=$("$PY" -c "import sys; from wsi_deepr.readers import open_slide; print(open_slide(sys.argv[1]).modality.value)" "$1" 2>/dev/null || echo unknown)
     if [[ $modality == brightfield && -n "$BF_MODEL" ]]; then echo "--model $BF_MODEL";
     elif [[ $modality == fluorescence && -n "$FL_MODEL" ]]; then echo "--model $FL_MODEL"; fi
 }
@@ -223,13 +223,13 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 
-from wsi_deepr.compute import read_padded
-from wsi_deepr.geometry import TileGrid
-from wsi_deepr.io import open_slide
-from wsi_deepr.model import resolve_model
-from wsi_deepr.normalization import compute_stats, stats_sample
+from wsi_deepr.inference.kernel import read_padded
+from wsi_deepr.inference.normalization import compute_stats, stats_sample
+from wsi_deepr.inference.registry import resolve_model
+from wsi_deepr.inference.session import create_session
+from wsi_deepr.readers import open_slide
+from wsi_deepr.tiling.geometry import TileGrid
 
 path, device, out, model = sys.argv[1:5]
 slide = open_slide(path)
@@ -243,8 +243,7 @@ windows = list(grid.windows())[:count]
 data = np.stack([stats.normalize(read_padded(slide.reader, 0, w.read, grid.shape)) for w in windows])
 data = np.ascontiguousarray(data.transpose(0, 3, 1, 2))
 batches = [data[i:i + batch] for i in range(0, len(data), batch) if len(data[i:i + batch]) == batch]
-providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-session = ort.InferenceSession(str(info.path), providers=providers)
+session = create_session(info.path, device=device)
 for b in batches[:2]:  # warm-up (cuDNN autotuning)
     session.run(None, {info.input_name: b})
 start = time.perf_counter()
