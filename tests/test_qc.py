@@ -52,7 +52,7 @@ def _map(defocus, tissue, *, mpp=0.5, window=100, threshold=1.0) -> DefocusMap:
     boxes = np.array([(100 * i, 0, window, window) for i in range(n)], dtype=np.int64)
     return DefocusMap(slide="x.svs", mpp=mpp, window=window, grid_shape=(1, n), boxes=boxes, tissue=tissue,
                       defocus_um=defocus, confidence=np.where(np.isfinite(defocus), 0.9, 0.0),
-                      threshold_um=threshold, level=0, method="test", seconds=0.0)
+                      threshold_um=threshold, level=0, reduction=1, method="test", seconds=0.0)
 
 
 @pytest.fixture(scope="module")
