@@ -1,0 +1,27 @@
+"""Defocus estimation: how far out of focus each region of a slide is, in µm.
+
+* :func:`estimate_defocus` — blind ``|z|`` (µm) and a confidence for image
+  windows at a known pixel size (:mod:`wsi_deepr.focus.estimate`);
+* :func:`defocus_map` — the estimate over a grid of regions of a whole slide,
+  NaN off tissue (:mod:`wsi_deepr.focus.map`);
+* :func:`resample_to_grid` — the map's value over another window grid.
+
+Method, calibration and measured accuracy: ``wsi_deepr/models/defocus-estimator.CARD.md``.
+Pure numpy/scipy at run time; nothing is loaded at import.
+"""
+
+from __future__ import annotations
+
+from .estimate import IN_FOCUS_UM, DefocusEstimate, estimate_defocus, na_prior
+from .map import DEFAULT_WINDOW_UM, DefocusMap, defocus_map, resample_to_grid
+
+__all__ = [
+    "DEFAULT_WINDOW_UM",
+    "IN_FOCUS_UM",
+    "DefocusEstimate",
+    "DefocusMap",
+    "defocus_map",
+    "estimate_defocus",
+    "na_prior",
+    "resample_to_grid",
+]
