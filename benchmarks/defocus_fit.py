@@ -29,27 +29,51 @@ import defocus_sim as ds  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def features_of(wins: list[np.ndarray], labels: list[dict], *, blind: bool = False
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, |z| targets and a validity mask (texture test) of simulated windows."""
-    from wsi_deepr.focus.estimate import MIN_CONTRAST_BF, MIN_OD_RANGE_BF, MIN_SNR, na_prior
-    from wsi_deepr.focus.features import band_features, quantum, texture_snr, to_canonical_gray
+NEAR_WEIGHT = 3.0  # weight of windows within 0.5 µm of focus in the fit
+SIDE = 126  # canonical windows are cropped to this square (64 µm at 0.5 µm/px, less rounding)
 
-    feats, ys, ok = [], [], []
+
+def canonical_of(wins: list[np.ndarray], labels: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical grey windows ``(N, SIDE, SIDE)`` float32 and each window's grey-level quantum."""
+    from wsi_deepr.focus.features import quantum, to_canonical_gray
+
+    grays, steps = [], []
     for w, lab in zip(wins, labels):
-        g = to_canonical_gray(w[None], mpp=lab["mpp"])
-        snr, con, odr = texture_snr(g, step=quantum(w.dtype))
-        valid = snr[0] >= MIN_SNR and (lab["modality"] == "fluorescence"
-                                         or (con[0] >= MIN_CONTRAST_BF and odr[0] >= MIN_OD_RANGE_BF))
-        na = na_prior(lab["mpp"]) if blind else lab["na"]
-        feats.append(band_features(g, mpp=lab["mpp"], na=na)[0])
-        ys.append(abs(lab["z"]))
+        g = to_canonical_gray(w[None], mpp=lab["mpp"])[0]
+        y0, x0 = (g.shape[0] - SIDE) // 2, (g.shape[1] - SIDE) // 2
+        grays.append(g[y0 : y0 + SIDE, x0 : x0 + SIDE])
+        steps.append(quantum(w.dtype))
+    return np.stack(grays).astype(np.float32), np.asarray(steps)
+
+
+def features_of(gray: np.ndarray, steps: np.ndarray, mpp: np.ndarray, na: np.ndarray, modality: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Features and the validity mask (texture test) of canonical windows."""
+    from wsi_deepr.focus.estimate import MIN_CONTRAST_BF, MIN_OD_RANGE_BF, MIN_SNR
+    from wsi_deepr.focus.features import band_features, texture_snr
+
+    feats, ok = [], []
+    for i in range(0, len(gray), 512):
+        g = gray[i : i + 512].astype(np.float32)
+        snr, con, odr = np.stack([np.concatenate(t) for t in zip(*[texture_snr(g[k : k + 1], step=steps[i + k])
+                                                                  for k in range(len(g))])])
+        valid = snr >= MIN_SNR
+        if modality == "brightfield":
+            valid &= (con >= MIN_CONTRAST_BF) & (odr >= MIN_OD_RANGE_BF)
+        feats.append(np.concatenate([band_features(g[k : k + 1], mpp=float(mpp[i + k]), na=float(na[i + k]))
+                                     for k in range(len(g))]))
         ok.append(valid)
-    return np.asarray(feats), np.asarray(ys), np.asarray(ok)
+    return np.concatenate(feats), np.concatenate(ok)
 
 
-def fit_mlp(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 150, hidden: int = 64) -> dict:
-    """Fit the perceptron; returns numpy parameters in the layout of ``estimate._mlp``."""
+def fit_mlp(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 150, hidden: int = 64,
+            near_weight: float = NEAR_WEIGHT) -> dict:
+    """Fit the perceptron; returns numpy parameters in the layout of ``estimate._mlp``.
+
+    Windows within 0.5 µm of focus weigh ``near_weight`` times the others: a
+    prior that most of a slide is in focus, which pulls ambiguous (noisy,
+    coarse) windows towards "in focus".
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -57,6 +81,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 150, hidde
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     xt = torch.tensor((x - mean) / std, dtype=torch.float32)
     yt = torch.tensor(y, dtype=torch.float32)
+    wt = torch.tensor(np.where(y < 0.5, near_weight, 1.0), dtype=torch.float32)
     net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
                               torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
                               torch.nn.Linear(hidden, 2))
@@ -71,7 +96,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 150, hidde
             out = net(xt[idx])
             mu = torch.nn.functional.softplus(out[:, 0])
             b = torch.nn.functional.softplus(out[:, 1]) + 0.05
-            loss = (torch.abs(yt[idx] - mu) / b + torch.log(b)).mean()
+            loss = ((torch.abs(yt[idx] - mu) / b + torch.log(b)) * wt[idx]).sum() / wt[idx].sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -89,31 +114,45 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int = 150, hidde
     return params
 
 
+def simulate_cache(path: Path, part: str, recipe: str, n: int, seed: int, modality: str) -> None:
+    """Simulate ``n`` windows and store their canonical grey pixels and labels in ``path`` (.npz)."""
+    sources = ds.load_sources()
+    wins, labels = ds.simulate_set(sources, part, ds.RECIPES[recipe], n, seed, modality)
+    gray, steps = canonical_of(wins, labels)
+    np.savez(path, gray=gray.astype(np.float16), steps=steps,
+             z=np.array([lab["z"] for lab in labels]), na=np.array([lab["na"] for lab in labels]),
+             mpp=np.array([lab["mpp"] for lab in labels]), source=np.array([lab["source"] for lab in labels]))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Simulate, fit and write the coefficient file."""
+    """Simulate (or reuse the cached) windows, fit and write the coefficient file."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-bf", type=int, default=20000, help="brightfield windows")
-    ap.add_argument("--n-fl", type=int, default=16000, help="fluorescence windows")
+    ap.add_argument("--n-bf", type=int, default=16000, help="brightfield windows")
+    ap.add_argument("--n-fl", type=int, default=12000, help="fluorescence windows")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--cache", type=Path, default=None, help="keep/reuse simulated features here (.npz)")
+    ap.add_argument("--modality", choices=("both", "brightfield", "fluorescence"), default="both",
+                    help="simulate only this modality into the cache (to run two processes)")
+    ap.add_argument("--simulate-only", action="store_true")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/defocus-fit-cache"),
+                    help="folder keeping the simulated canonical windows (reused when present)")
     ap.add_argument("--out", type=Path, default=ROOT / "wsi_deepr" / "models" / "defocus-estimator.npz")
     args = ap.parse_args(argv)
     t0 = time.time()
-    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    if args.cache and args.cache.exists():
-        with np.load(args.cache) as z:
-            data = {m: (z[f"{m}/x"], z[f"{m}/y"], z[f"{m}/ok"]) for m in ("brightfield", "fluorescence")}
-    else:
-        sources = ds.load_sources()
-        for mod, n, off in (("brightfield", args.n_bf, 0), ("fluorescence", args.n_fl, 1)):
-            wins, labels = ds.simulate_set(sources, "fit", ds.RECIPES["fit"], n, args.seed + off, mod)
-            data[mod] = features_of(wins, labels)
-            print(f"{mod}: {len(wins)} windows simulated ({time.time() - t0:.0f} s)", flush=True)
-        if args.cache:
-            np.savez(args.cache, **{f"{m}/{k}": v for m, d in data.items() for k, v in zip("x y ok".split(), d)})
+    args.cache.mkdir(parents=True, exist_ok=True)
+    mods = ("brightfield", "fluorescence") if args.modality == "both" else (args.modality,)
+    for mod, n, off in (("brightfield", args.n_bf, 0), ("fluorescence", args.n_fl, 1)):
+        path = args.cache / f"fit-{mod}-{n}-{args.seed}.npz"
+        if mod in mods and not path.exists():
+            simulate_cache(path, "fit", "fit", n, args.seed + off, mod)
+            print(f"{mod}: {n} windows simulated ({time.time() - t0:.0f} s)", flush=True)
+    if args.simulate_only:
+        return 0
     arrays: dict[str, np.ndarray] = {}
-    for mod, (x, y, ok) in data.items():
+    for mod, n in (("brightfield", args.n_bf), ("fluorescence", args.n_fl)):
+        with np.load(args.cache / f"fit-{mod}-{n}-{args.seed}.npz") as c:
+            x, ok = features_of(c["gray"], c["steps"], c["mpp"], c["na"], mod)
+            y = np.abs(c["z"])
         print(f"fitting {mod} on {ok.sum()} textured windows of {len(ok)}", flush=True)
         for k, v in fit_mlp(x[ok], y[ok], seed=args.seed, epochs=args.epochs).items():
             arrays[f"{mod}/{k}"] = v

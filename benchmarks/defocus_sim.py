@@ -25,13 +25,14 @@ check of ``defocus_accuracy.py``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("WSI_DEEPR_SHARED_DATA", ROOT.parent / "shared" / "data"))  # override for copies
 WINDOW_UM = 64.0  # side of a simulated window (128 px at 0.5 µm/px)
 
 
@@ -41,10 +42,11 @@ class Recipe:
 
     pixel_um: tuple[float, float] = (0.2, 1.0)          # log-uniform
     na: tuple[float, float] = (0.4, 0.95)
-    spherical: tuple[float, float] = (-0.1, 0.1)
+    spherical: tuple[float, float] = (-0.15, 0.15)
     spherical_abs: bool = False                         # draw |s| from spherical and a random sign
     z_max: float = 7.0
-    p_near_focus: float = 0.15                          # share with |z| < 0.25
+    p_near_focus: float = 0.3                           # share with |z| < near_um
+    near_um: float = 0.5
     photons_bf: tuple[float, float] = (300.0, 20000.0)  # log-uniform
     read_bf: tuple[float, float] = (0.0, 0.005)
     photons_fl: tuple[float, float] = (20.0, 2000.0)
@@ -60,12 +62,12 @@ RECIPES: dict[str, Recipe] = {
     "fit": Recipe(),
     "recipe_na_given": Recipe(),
     "scanner_prior_blind": Recipe(pixel_um=(0.5, 0.5), na=(0.75, 0.75), na_given=False),
-    "unseen_bf_0.5um_na0.75_sph": Recipe(pixel_um=(0.5, 0.5), na=(0.75, 0.75), spherical=(0.12, 0.25),
+    "unseen_bf_0.5um_na0.75_sph": Recipe(pixel_um=(0.5, 0.5), na=(0.75, 0.75), spherical=(0.15, 0.25),
                                          spherical_abs=True, photons_bf=(120.0, 300.0),
                                          jpeg_p=1.0, jpeg_q=(22, 40), na_given=False),
     "unseen_fl_0.325um_na0.75_sph": Recipe(pixel_um=(0.325, 0.325), na=(0.75, 0.75),
-                                           spherical=(0.12, 0.25), spherical_abs=True,
-                                           photons_fl=(8.0, 25.0), read_fl=(0.02, 0.03),
+                                           spherical=(0.15, 0.25), spherical_abs=True,
+                                           photons_fl=(40.0, 150.0), read_fl=(0.01, 0.02),
                                            emission=(0.5, 0.68), na_given=False),
     "na_mismatch_0.65_blind": Recipe(pixel_um=(0.5, 0.5), na=(0.65, 0.65), na_given=False),
     "na_mismatch_0.85_blind": Recipe(pixel_um=(0.5, 0.5), na=(0.85, 0.85), na_given=False),
@@ -151,7 +153,7 @@ def simulate_one(src: Source, part: str, recipe: Recipe, rng: np.random.Generato
     if recipe.z_fixed is not None:
         z = float(rng.choice(recipe.z_fixed))
     elif rng.random() < recipe.p_near_focus:
-        z = float(rng.uniform(0, 0.25))
+        z = float(rng.uniform(0, recipe.near_um))
     else:
         z = float(rng.uniform(0, recipe.z_max))
     z *= float(rng.choice((-1.0, 1.0)))

@@ -8,6 +8,10 @@ when coarser), so the features mean the same thing at any µm/px:
   grey window, averaged in :data:`BAND_EDGES` (cycles/µm) and expressed as
   log10 power relative to the lowest bands (the shape of the spectrum, not
   the amount of stain or light);
+* the sharpest edges: the 99th percentile of the gradient magnitude at
+  Gaussian scales of 0.25-1 µm relative to 2 µm;
+* the white-noise level (from the 4-neighbour residual) on the same scale,
+  so that noise is not mistaken for sharpness;
 * the window's contrast (log10 variance / mean²);
 * the log of the pixel size relative to the canonical one (coarser pixels
   lose the highest bands) and the numerical aperture (the same ``|z|`` blurs
@@ -29,6 +33,7 @@ __all__ = [
     "CANONICAL_MPP",
     "N_FEATURES",
     "band_features",
+    "noise_sigma",
     "to_canonical_gray",
     "quantum",
     "texture_snr",
@@ -42,8 +47,9 @@ BAND_EDGES: np.ndarray = np.array(
     [0.03, 0.06, 0.1, 0.15, 0.2, 0.26, 0.33, 0.41, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.42]
 )
 _REF_BANDS = 2  # bands averaged as the reference level of the spectrum
-#: spectral shape (bands minus reference) + contrast + log pixel ratio + NA
-N_FEATURES: int = (len(BAND_EDGES) - 1 - _REF_BANDS) + 3
+_EDGE_SCALES = (0.5, 1.0, 2.0, 4.0)  # Gaussian sigmas (canonical px) of the edge features
+#: spectral shape (bands minus reference) + edge ratios + noise level + contrast + log pixel ratio + NA
+N_FEATURES: int = (len(BAND_EDGES) - 1 - _REF_BANDS) + (len(_EDGE_SCALES) - 1) + 4
 
 
 def quantum(dtype: np.dtype, full_scale: float | None = None) -> float:
@@ -82,7 +88,10 @@ def to_canonical_gray(windows: np.ndarray, *, mpp: float, full_scale: float | No
     if not 0.01 <= mpp <= 20:
         raise ValueError(f"mpp={mpp!r}: give the windows' pixel size in µm/px (e.g. 0.5 for a 20x scan)")
     fs = _full_scale(windows.dtype, full_scale)
-    gray = windows.astype(np.float32).mean(axis=3) / np.float32(fs)
+    gray = windows[..., 0].astype(np.float32)
+    for c in range(1, windows.shape[3]):
+        gray += windows[..., c]
+    gray *= np.float32(1.0 / (fs * windows.shape[3]))
     n, h, w = gray.shape
     ratio = mpp / CANONICAL_MPP
     if abs(ratio - 1.0) < 0.02:
@@ -130,12 +139,47 @@ def band_features(gray: np.ndarray, *, mpp: float, na: float) -> np.ndarray:
     logp = np.log10(power)
     ref = logp[:, :_REF_BANDS].mean(axis=1, keepdims=True)
     var = centred.reshape(n, -1).var(axis=1)
+    hann2 = float((_hann(h, w) ** 2).sum())
+    noise = (noise_sigma(gray) / safe) ** 2 * hann2  # white-noise power per frequency bin
     feats = np.concatenate(
         [logp[:, _REF_BANDS:] - ref,
+         _edge_features(centred),
+         np.log10(noise + 1e-12)[:, None] - ref,
          np.log10(var + 1e-8)[:, None],
          np.full((n, 1), np.log2(mpp / CANONICAL_MPP)),
          np.full((n, 1), float(na))], axis=1)
     return feats.astype(np.float64)
+
+
+def noise_sigma(gray: np.ndarray) -> np.ndarray:
+    """Pixel noise of each window: robust spread of the 4-neighbour residual.
+
+    The median absolute deviation is robust to texture but vanishes on low
+    counts (mostly equal grey levels), so it is floored by half the
+    residual's standard deviation.
+    """
+    g = gray
+    resid = g[:, 1:-1, 1:-1] - 0.25 * (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:])
+    sub = resid[:, ::2, ::2].reshape(len(g), -1)  # a quarter of the pixels is plenty for a median
+    med = np.median(sub, axis=1)
+    mad = np.median(np.abs(sub - med[:, None]), axis=1)
+    sd_r = resid.reshape(len(g), -1).std(axis=1)
+    return np.maximum(1.4826 * mad, 0.5 * sd_r) / 1.118  # residual of white noise has 1.25x its variance
+
+
+def _edge_features(centred: np.ndarray) -> np.ndarray:
+    """Sharpest edges across scales: log10 of the 99th percentile of the gradient
+    magnitude after Gaussian smoothing of 0.5, 1 and 2 px, each relative to 4 px
+    (blur flattens the ratios; content mostly cancels)."""
+    from scipy import ndimage
+
+    out = []
+    for sigma in _EDGE_SCALES:
+        sm = ndimage.gaussian_filter(centred, (0, sigma, sigma), mode="reflect", truncate=3.0)
+        gy, gx = np.gradient(sm, axis=(1, 2))
+        mag = np.sqrt(gy * gy + gx * gx)[:, 4:-4, 4:-4].reshape(len(centred), -1)
+        out.append(np.log10(np.percentile(mag, 99, axis=1) + 1e-6) + np.log10(sigma))
+    return np.stack([o - out[-1] for o in out[:-1]], axis=1)
 
 
 def texture_snr(gray: np.ndarray, *, step: float = 1.0 / 255.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,12 +204,7 @@ def texture_snr(gray: np.ndarray, *, step: float = 1.0 / 255.0) -> tuple[np.ndar
         or noise stays below 0.05, tissue does not).
     """
     g = gray.astype(np.float32)
-    resid = g[:, 1:-1, 1:-1] - 0.25 * (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:])
-    med = np.median(resid.reshape(len(g), -1), axis=1)
-    mad = np.median(np.abs(resid.reshape(len(g), -1) - med[:, None]), axis=1)
-    # MAD is robust to texture but vanishes on low counts (mostly equal grey levels): floor it by half the std
-    sd_r = resid.reshape(len(g), -1).std(axis=1)
-    sigma_n = np.maximum(1.4826 * mad, 0.5 * sd_r) / 1.118  # residual of white noise has 1.25x its variance
+    sigma_n = noise_sigma(g)
     s = 0.25 * (g[:, 1:, 1:] + g[:, :-1, 1:] + g[:, 1:, :-1] + g[:, :-1, :-1])
     s = 0.25 * (s[:, 1:, 1:] + s[:, :-1, 1:] + s[:, 1:, :-1] + s[:, :-1, :-1])
     sd = s.reshape(len(g), -1).std(axis=1)

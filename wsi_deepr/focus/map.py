@@ -160,12 +160,17 @@ class _TissueTest:
         return float(np.any(w > self.above, axis=-1).mean())
 
 
-def _thumbnail(slide, max_side: int = 1024) -> np.ndarray:
+def _thumbnail(slide, max_side: int = 1024, band: int = 32) -> np.ndarray:
+    """Pixels of the coarsest level for background statistics: the whole level
+    when small, else bands of ``band`` rows spread evenly (a sample, not an image)."""
     lv = len(slide.level_shapes) - 1
     h, w = slide.level_shapes[lv][:2]
-    thumb = slide.read_region(lv, 0, 0, h, w)
     step = max(1, math.ceil(max(h, w) / max_side))
-    return thumb[::step, ::step]
+    if step <= 2:
+        return slide.read_region(lv, 0, 0, h, w)[::step, ::step]
+    rows = [slide.read_region(lv, y, 0, min(h, y + band), w)[:, ::step]
+            for y in range(0, h, band * step)]
+    return np.concatenate(rows, axis=0)
 
 
 def _grid_boxes(h0: int, w0: int, win0: int) -> tuple[np.ndarray, tuple[int, int]]:
