@@ -110,7 +110,9 @@ def stacks() -> list[dict]:
     cases = (("smear-brightfield", ds.DATA / "stacks" / "smear-brightfield", 0.5, "brightfield", None, 128),
              ("smear-brightfield", ds.DATA / "stacks" / "smear-brightfield", 0.25, "brightfield", None, 256),
              ("mitochondria-fluorescence", ds.DATA / "stacks" / "mitochondria-fluorescence"
-              / "mitochondria_zstack.ome.tif", 0.1, "fluorescence", 19, 320))
+              / "mitochondria_zstack.ome.tif", 0.1, "fluorescence", 19, 320),
+             ("mitochondria-fluorescence", ds.DATA / "stacks" / "mitochondria-fluorescence"
+              / "mitochondria_zstack.ome.tif", 0.2, "fluorescence", 19, 160))
     for name, path, mpp, mod, focus_index, win in cases:
         st = read_stack(path, modality=mod)
         labels = np.asarray(st.z_index)

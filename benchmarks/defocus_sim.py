@@ -42,7 +42,7 @@ class Recipe:
 
     pixel_um: tuple[float, float] = (0.2, 1.0)          # log-uniform
     na: tuple[float, float] = (0.4, 0.95)
-    spherical: tuple[float, float] = (-0.15, 0.15)
+    spherical: tuple[float, float] = (-0.1, 0.1)
     spherical_abs: bool = False                         # draw |s| from spherical and a random sign
     z_max: float = 7.0
     p_near_focus: float = 0.3                           # share with |z| < near_um
@@ -59,7 +59,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "fit": Recipe(),
+    "fit": Recipe(),                                     # the project's default optics ranges
+    "fit_sa15": Recipe(spherical=(-0.15, 0.15)),         # and a half with more spherical aberration
     "recipe_na_given": Recipe(),
     "scanner_prior_blind": Recipe(pixel_um=(0.5, 0.5), na=(0.75, 0.75), na_given=False),
     "unseen_bf_0.5um_na0.75_sph": Recipe(pixel_um=(0.5, 0.5), na=(0.75, 0.75), spherical=(0.15, 0.25),

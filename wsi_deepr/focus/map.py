@@ -160,7 +160,7 @@ class _TissueTest:
         return float(np.any(w > self.above, axis=-1).mean())
 
 
-def _thumbnail(slide, max_side: int = 1024, band: int = 32) -> np.ndarray:
+def _thumbnail(slide, max_side: int = 512, band: int = 32) -> np.ndarray:
     """Pixels of the coarsest level for background statistics: the whole level
     when small, else bands of ``band`` rows spread evenly (a sample, not an image)."""
     lv = len(slide.level_shapes) - 1
