@@ -139,7 +139,6 @@ def _layout_slide(cmu: np.ndarray, path, win: int = 128) -> tuple[np.ndarray, tu
     return zmap, r3
 
 
-@pytest.mark.slow
 def test_map_finds_known_defocused_region(cmu: np.ndarray, tmp_path) -> None:
     path = tmp_path / "layout.ome.tif"
     zmap, _ = _layout_slide(cmu, path)

@@ -51,6 +51,8 @@ MIN_CONTRAST_BF: float = 0.008
 #: ... and spread of optical density over 2-µm blocks (brightfield only).
 MIN_OD_RANGE_BF: float = 0.05
 _MODALITIES = ("brightfield", "fluorescence")
+#: Numerical apertures the regressors were fitted on (dry objectives); others are clipped.
+NA_RANGE: tuple[float, float] = (0.4, 0.95)
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,9 @@ def estimate_defocus(
         Value of a saturated pixel; default the integer type's maximum
         (1.0 for floats).
     na : float, optional
-        Objective NA when known; default :func:`na_prior` of ``mpp``.
+        Objective NA when known; default :func:`na_prior` of ``mpp``.  Values
+        outside the calibrated :data:`NA_RANGE` (0.4-0.95) are clipped to it,
+        with a warning.
 
     Returns
     -------
@@ -192,6 +196,10 @@ def estimate_defocus(
         na = na_prior(mpp)
     elif not 0.05 <= na <= 1.5:
         raise ValueError(f"na={na!r}: give the objective's numerical aperture (e.g. 0.75), or None")
+    elif not NA_RANGE[0] <= na <= NA_RANGE[1]:
+        log.warning("na=%s is outside the calibrated %s-%s; estimating at the nearest calibrated NA",
+                    na, *NA_RANGE)
+        na = min(max(na, NA_RANGE[0]), NA_RANGE[1])
     arr = _as_nhwc(windows)
     gray = to_canonical_gray(arr, mpp=mpp, full_scale=full_scale)
     sigma = noise_sigma(gray)
