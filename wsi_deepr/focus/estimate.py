@@ -5,8 +5,8 @@ Method (details and measured accuracy in
 grey at 0.5 µm/px (:mod:`wsi_deepr.focus.features`), described by the shape
 of its radially averaged power spectrum in physical frequency bands
 (cycles/µm), its contrast, its original pixel size and the objective's
-numerical aperture, and mapped to ``|z|`` by a small multilayer perceptron
-(two hidden layers, numpy inference) fitted on windows defocused by the
+numerical aperture, and mapped to ``|z|`` by an ensemble of small multilayer
+perceptrons (two hidden layers, numpy inference) fitted on windows defocused by the
 project's optics (:mod:`wsi_deepr.optics`) over randomised NA, aberration,
 pixel size, noise, JPEG and stain.  The network predicts the median and the
 spread (a Laplace scale) of ``|z|``; the spread and the window's texture
@@ -27,7 +27,7 @@ from importlib import resources
 
 import numpy as np
 
-from wsi_deepr.focus.features import band_features, quantum, texture_snr, to_canonical_gray
+from wsi_deepr.focus.features import band_features, noise_sigma, quantum, texture_snr, to_canonical_gray
 
 __all__ = [
     "IN_FOCUS_UM",
@@ -51,6 +51,8 @@ MIN_CONTRAST_BF: float = 0.008
 #: ... and spread of optical density over 2-µm blocks (brightfield only).
 MIN_OD_RANGE_BF: float = 0.05
 _MODALITIES = ("brightfield", "fluorescence")
+#: Numerical apertures the regressors were fitted on (dry objectives); others are clipped.
+NA_RANGE: tuple[float, float] = (0.4, 0.95)
 
 
 @dataclass(frozen=True)
@@ -100,17 +102,32 @@ def _load_model() -> dict[str, dict[str, np.ndarray]]:
         raise ModelNotFoundError(
             f"{MODEL_FILE}: the defocus estimator's coefficients are missing from wsi_deepr/models; "
             "reinstall wsi-deepr or run benchmarks/defocus_fit.py") from exc
-    out: dict[str, dict[str, np.ndarray]] = {m: {} for m in _MODALITIES}
-    for key, arr in arrays.items():
-        mod, _, name = key.partition("/")
-        if mod in out:
-            out[mod][name] = arr
-    out["meta"] = {"json": json.loads(str(arrays.get("meta", "{}")))}  # type: ignore[dict-item]
+    out: dict[str, list[dict[str, np.ndarray]]] = {m: [] for m in _MODALITIES}
+    for key, arr in sorted(arrays.items()):
+        parts = key.split("/")  # modality/member/name
+        if len(parts) == 3 and parts[0] in out:
+            members = out[parts[0]]
+            k = int(parts[1])
+            while len(members) <= k:
+                members.append({})
+            members[k][parts[2]] = arr
+    for mod, members in out.items():
+        if not members:
+            from wsi_deepr.errors import ModelError
+
+            raise ModelError(f"{MODEL_FILE}: no {mod} regressor inside; run benchmarks/defocus_fit.py")
+    log.debug("defocus estimator: %s", json.loads(str(arrays.get("meta", "{}"))))
     return out
 
 
+def _ensemble(members: list[dict[str, np.ndarray]], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over the ensemble's members of the median ``|z|`` and of the Laplace scale."""
+    outs = [_mlp(p, feats) for p in members]
+    return np.mean([o[0] for o in outs], axis=0), np.mean([o[1] for o in outs], axis=0)
+
+
 def _mlp(params: dict[str, np.ndarray], feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median ``|z|`` and Laplace scale from the fitted network."""
+    """Median ``|z|`` and Laplace scale from one fitted network."""
     h = (feats - params["mean"]) / params["std"]
     k = 0
     while f"w{k + 1}" in params:
@@ -162,7 +179,9 @@ def estimate_defocus(
         Value of a saturated pixel; default the integer type's maximum
         (1.0 for floats).
     na : float, optional
-        Objective NA when known; default :func:`na_prior` of ``mpp``.
+        Objective NA when known; default :func:`na_prior` of ``mpp``.  Values
+        outside the calibrated :data:`NA_RANGE` (0.4-0.95) are clipped to it,
+        with a warning.
 
     Returns
     -------
@@ -177,17 +196,21 @@ def estimate_defocus(
         na = na_prior(mpp)
     elif not 0.05 <= na <= 1.5:
         raise ValueError(f"na={na!r}: give the objective's numerical aperture (e.g. 0.75), or None")
+    elif not NA_RANGE[0] <= na <= NA_RANGE[1]:
+        log.warning("na=%s is outside the calibrated %s-%s; estimating at the nearest calibrated NA",
+                    na, *NA_RANGE)
+        na = min(max(na, NA_RANGE[0]), NA_RANGE[1])
     arr = _as_nhwc(windows)
     gray = to_canonical_gray(arr, mpp=mpp, full_scale=full_scale)
-    snr, contrast, od_range = texture_snr(gray, step=quantum(arr.dtype, full_scale))
+    sigma = noise_sigma(gray)
+    snr, contrast, od_range = texture_snr(gray, step=quantum(arr.dtype, full_scale), sigma=sigma)
     ok = snr >= MIN_SNR
     if mod == "brightfield":
         ok &= (contrast >= MIN_CONTRAST_BF) & (od_range >= MIN_OD_RANGE_BF)
     z = np.full(len(arr), np.nan)
     conf = np.zeros(len(arr))
     if ok.any():
-        params = _load_model()[mod]
-        mu, scale = _mlp(params, band_features(gray[ok], mpp=mpp, na=na))
+        mu, scale = _ensemble(_load_model()[mod], band_features(gray[ok], mpp=mpp, na=na, sigma=sigma[ok]))
         z[ok] = mu
         texture = np.clip(np.log10(snr[ok] / MIN_SNR), 0.0, 1.0)
         conf[ok] = np.clip(texture / (1.0 + scale / 0.5), 0.0, 1.0)

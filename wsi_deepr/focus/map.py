@@ -7,7 +7,7 @@ integer block mean when it is still twice as fine), so the estimator never
 reads more pixels than it uses.  Regions without tissue get NaN:
 
 * brightfield: optical density, as for the refocus background test
-  (:func:`wsi_deepr.background.tissue_mask`: a pixel is tissue when a
+  (:func:`wsi_deepr.tiling.background.tissue_mask`: a pixel is tissue when a
   channel's OD above the glass exceeds 0.1);
 * fluorescence: a pixel is tissue when it is brighter than the background
   (the 5th percentile of the slide) by more than five noise sigmas and 5 % of
@@ -31,6 +31,7 @@ import numpy as np
 
 from wsi_deepr.focus.estimate import IN_FOCUS_UM, estimate_defocus
 from wsi_deepr.focus.features import CANONICAL_MPP
+from wsi_deepr.imaging.reduce import area_mean
 
 __all__ = ["DEFAULT_WINDOW_UM", "DefocusMap", "defocus_map", "resample_to_grid"]
 
@@ -126,13 +127,6 @@ def _choose_level(slide, mpp0: float, level: int | str) -> tuple[int, int]:
     return lv, red
 
 
-def _block_mean(a: np.ndarray, r: int) -> np.ndarray:
-    if r == 1:
-        return a
-    h, w = (a.shape[0] // r) * r, (a.shape[1] // r) * r
-    return a[:h, :w].reshape(h // r, r, w // r, r, -1).mean(axis=(1, 3))
-
-
 class _TissueTest:
     """Per-pixel tissue test from statistics of a thumbnail."""
 
@@ -160,12 +154,17 @@ class _TissueTest:
         return float(np.any(w > self.above, axis=-1).mean())
 
 
-def _thumbnail(slide, max_side: int = 1024) -> np.ndarray:
+def _thumbnail(slide, max_side: int = 512, band: int = 32) -> np.ndarray:
+    """Pixels of the coarsest level for background statistics: the whole level
+    when small, else bands of ``band`` rows spread evenly (a sample, not an image)."""
     lv = len(slide.level_shapes) - 1
     h, w = slide.level_shapes[lv][:2]
-    thumb = slide.read_region(lv, 0, 0, h, w)
     step = max(1, math.ceil(max(h, w) / max_side))
-    return thumb[::step, ::step]
+    if step <= 2:
+        return slide.read_region(lv, 0, 0, h, w)[::step, ::step]
+    rows = [slide.read_region(lv, y, 0, min(h, y + band), w)[:, ::step]
+            for y in range(0, h, band * step)]
+    return np.concatenate(rows, axis=0)
 
 
 def _grid_boxes(h0: int, w0: int, win0: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -174,6 +173,47 @@ def _grid_boxes(h0: int, w0: int, win0: int) -> tuple[np.ndarray, tuple[int, int
     ys, xs = ys.ravel(), xs.ravel()
     boxes = np.stack([xs, ys, np.minimum(win0, w0 - xs), np.minimum(win0, h0 - ys)], axis=1)
     return boxes.astype(np.int64), (rows, cols)
+
+
+class _RowJob:
+    """Reads one row of regions as a strip and estimates its tissue regions (thread-safe:
+    every row writes its own entries of the result arrays)."""
+
+    def __init__(self, *, slide, level: int, reduction: int, side: int, cols: int, test: _TissueTest,
+                 min_tissue: float, mpp: float, modality: str, full_scale: float, n: int) -> None:
+        self.slide, self.level, self.red, self.side, self.cols = slide, level, reduction, side, cols
+        self.test, self.min_tissue, self.mpp, self.modality, self.full = test, min_tissue, mpp, modality, full_scale
+        self.shape = slide.level_shapes[level][:2]
+        self.tissue = np.zeros(n)
+        self.z = np.full(n, np.nan)
+        self.conf = np.zeros(n)
+
+    def __call__(self, r: int) -> None:
+        hl, wl = self.shape
+        side, red = self.side, self.red
+        y0 = min(r * side, max(0, hl - side))  # the last row is read shifted inward to full size
+        strip = self.slide.read_region(self.level, y0, 0, min(hl, y0 + side), wl)
+        ry0 = r * side - y0  # this row's own rows inside the strip
+        wins, idx = [], []
+        for c in range(self.cols):
+            i = r * self.cols + c
+            x0 = min(c * side, wl)
+            own = strip[ry0 : ry0 + side, x0 : x0 + side]
+            self.tissue[i] = self.test.fraction(own) if own.size else 0.0
+            if self.tissue[i] < self.min_tissue:
+                continue
+            xs = min(x0, max(0, wl - side))
+            if min(strip.shape[0], wl - xs, side) // red < 16:
+                continue
+            wins.append(strip[:, xs : xs + side] if red == 1 else
+                        area_mean(strip[:, xs : xs + side], red, edge="crop", dtype=np.float64))
+            idx.append(i)
+        for shape in {w.shape for w in wins}:
+            sel = [k for k, w in enumerate(wins) if w.shape == shape]
+            est = estimate_defocus(np.stack([wins[k] for k in sel]), mpp=self.mpp, modality=self.modality,
+                                   full_scale=self.full)
+            ii = np.asarray(idx)[sel]
+            self.z[ii], self.conf[ii] = est.defocus_um, est.confidence
 
 
 def _resolve(slide) -> tuple[object, float | None]:
@@ -230,52 +270,23 @@ def defocus_map(
     h0, w0 = slide.level_shapes[0][:2]
     win0 = max(1, round(window_um / mpp0))
     boxes, grid_shape = _grid_boxes(h0, w0, win0)
-    hl, wl = slide.level_shapes[lv][:2]
     win_l = max(1, round(win0 / down))  # region side at the read level
     modality = str(getattr(slide.modality, "value", slide.modality)).lower()
     dt = np.dtype(slide.dtype)
     full = float(np.iinfo(dt).max) if dt.kind in "ui" else 1.0
     test = _TissueTest(_thumbnail(slide), brightfield=modality == "brightfield", full_scale=full)
     eff_mpp = mpp0 * down * red
-    rows, cols = grid_shape
-    tissue = np.zeros(len(boxes))
-    z = np.full(len(boxes), np.nan)
-    conf = np.zeros(len(boxes))
-
-    def do_row(r: int) -> None:
-        y0 = min(r * win_l, max(0, hl - win_l))
-        strip = slide.read_region(lv, y0, 0, min(hl, y0 + win_l), wl)
-        ry0 = r * win_l - y0  # this row's own rows inside the strip
-        wins, idx = [], []
-        for c in range(cols):
-            i = r * cols + c
-            x0 = min(c * win_l, wl)
-            own = strip[ry0 : ry0 + win_l, x0 : x0 + win_l]
-            tissue[i] = test.fraction(own) if own.size else 0.0
-            if tissue[i] < min_tissue:
-                continue
-            xs = min(x0, max(0, wl - win_l))
-            if min(strip.shape[0], wl - xs, win_l) // red < 16:
-                continue
-            wins.append(_block_mean(strip[:, xs : xs + win_l], red))
-            idx.append(i)
-        shapes = {w.shape for w in wins}
-        for shape in shapes:
-            sel = [k for k, w in enumerate(wins) if w.shape == shape]
-            est = estimate_defocus(np.stack([wins[k] for k in sel]), mpp=eff_mpp, modality=modality,
-                                   full_scale=full)
-            ii = np.asarray(idx)[sel]
-            z[ii], conf[ii] = est.defocus_um, est.confidence
-
+    job = _RowJob(slide=slide, level=lv, reduction=red, side=win_l, cols=grid_shape[1], test=test,
+                  min_tissue=min_tissue, mpp=eff_mpp, modality=modality, full_scale=full, n=len(boxes))
     with ThreadPoolExecutor(max_workers=max_workers or 2) as pool:
-        list(pool.map(do_row, range(rows)))
+        list(pool.map(job, range(grid_shape[0])))
     what = (f"level {lv} ({mpp0 * down:.3g} µm/px){f' block-mean {red}x{red}' if red > 1 else ''}, "
             f"{window_um:g}-µm regions ({win0} px at level 0), every region with >= {min_tissue:.0%} tissue, "
             f"{modality} estimator at {eff_mpp:.3g} µm/px")
     if mpp is None:
         what += f"; pixel size unknown, {ASSUMED_MPP} µm/px assumed"
     return DefocusMap(slide=str(slide.path), mpp=mpp, window=win0, grid_shape=grid_shape, boxes=boxes,
-                      tissue=tissue, defocus_um=z, confidence=conf, threshold_um=IN_FOCUS_UM, level=lv,
+                      tissue=job.tissue, defocus_um=job.z, confidence=job.conf, threshold_um=IN_FOCUS_UM, level=lv,
                       reduction=red, method=what, seconds=time.perf_counter() - t0)
 
 

@@ -51,6 +51,8 @@ QC_COLUMNS = ("mpp", "tissue_mm2", "tissue_px", "estimated_share", "in_focus_sha
 SUMMARY_CSV_FIELDS = ("slide", "status", "error", "seconds", *QC_COLUMNS, "json", "png", "html")
 #: worst regions listed (and cropped in the HTML) by default
 TOP_K = 8
+#: tissue fraction from which a region is listed among the worst before regions with less tissue
+MOSTLY_TISSUE = 0.5
 #: suffixes taken off a slide name to make the report stem (longest first)
 
 
@@ -105,7 +107,8 @@ def summary(dmap, *, top_k: int = TOP_K) -> dict:
         threshold), ``share_above_{1,2,3,5}um``, ``median_defocus_um``,
         ``p95_defocus_um``, ``max_defocus_um`` and ``worst_regions`` (list of
         ``{rank, x, y, width, height, defocus_um, confidence, tissue}``,
-        worst first).  Shares are fractions (0-1) of the estimated tissue
+        worst first; regions of at least :data:`MOSTLY_TISSUE` tissue before
+        the others).  Shares are fractions (0-1) of the estimated tissue
         area; figures without any estimate are ``None``.
     """
     boxes = np.asarray(dmap.boxes, dtype=np.int64).reshape(-1, 4)
@@ -137,7 +140,10 @@ def summary(dmap, *, top_k: int = TOP_K) -> dict:
     out["p95_defocus_um"] = _round(_weighted_quantile(d, w, 0.95), 3) if est_area > 0 else None
     out["max_defocus_um"] = _round(d.max(), 3) if d.size else None
     idx = np.flatnonzero(estimated)
-    worst = idx[np.lexsort((-confidence[idx], -defocus[idx]))][: max(0, int(top_k))]
+    # regions mostly of tissue first (a sliver of debris at a tissue edge is not what a lab rescans), then
+    # by defocus and confidence
+    mostly = tissue[idx] < MOSTLY_TISSUE
+    worst = idx[np.lexsort((-confidence[idx], -defocus[idx], mostly))][: max(0, int(top_k))]
     out["worst_regions"] = [
         {"rank": r, "x": int(boxes[i, 0]), "y": int(boxes[i, 1]), "width": int(boxes[i, 2]),
          "height": int(boxes[i, 3]), "defocus_um": round(float(defocus[i]), 3),
