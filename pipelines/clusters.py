@@ -40,9 +40,10 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 from typing import NamedTuple
+
+from wsi_deepr.parallel.cluster import free_address
 
 __all__ = [
     "JobTooLargeError", "NodeInfo", "check_job_fits", "job_size", "make_cluster", "pbs_cluster",
@@ -237,20 +238,6 @@ def _prologue(prologue: list[str] | None) -> list[str]:
     return [*lines, "export MALLOC_ARENA_MAX=2"]
 
 
-def _free_address(address: str) -> str:
-    """``address`` if its port can be bound here, else the same host with port 0 (a free one)."""
-    host, _, port = address.rpartition(":")
-    if not port or port == "0":
-        return address
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host or "", int(port)))
-    except (OSError, ValueError):
-        log.info("dashboard port %s is taken; using a free one", port)
-        return f"{host}:0"
-    return address
-
-
 def _common(*, gpu: bool, cores: int | None, memory: str | None, processes: int | None, walltime: str,
             prologue: list[str] | None, dashboard_address: str, interface: str | None,
             log_directory: str | None) -> dict:
@@ -260,7 +247,7 @@ def _common(*, gpu: bool, cores: int | None, memory: str | None, processes: int 
         "walltime": walltime,
         "job_script_prologue": _prologue(prologue),
         "local_directory": "${TMPDIR:-/tmp}",  # worker spill space on the node's local disk
-        "scheduler_options": {"dashboard_address": _free_address(dashboard_address)},
+        "scheduler_options": {"dashboard_address": free_address(dashboard_address)},
         "worker_extra_args": ["--resources", "GPU=1"] if gpu else [],
         "job_name": "wsi-deepr-worker",
         "log_directory": log_directory or os.environ.get("WSI_DEEPR_LOG_DIR") or LOG_DIRECTORY,

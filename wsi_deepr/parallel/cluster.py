@@ -31,7 +31,8 @@ from typing import Self
 from wsi_deepr.inference.session import SessionSpec, get_session
 
 __all__ = [
-    "IN_PROCESS_MAX_CORES", "ClusterClient", "SessionPlugin", "cluster_size", "describe", "gpu_resources",
+    "IN_PROCESS_MAX_CORES", "ClusterClient", "SessionPlugin", "cluster_size", "describe", "free_address",
+    "gpu_resources",
     "local_cluster_layout", "register_session", "threads_per_task",
 ]
 
@@ -87,7 +88,7 @@ def local_cluster_layout(workers: int | None = None, threads_per_worker: int | N
     return (*cluster_size(workers, threads_per_worker, cpu=cpu, gpu=gpu), True)
 
 
-def _free_address(address: str) -> str:
+def free_address(address: str) -> str:
     """``address`` if its port can be bound here, else the same host with port 0 (any)."""
     host, _, port = address.rpartition(":")
     if not port or port == "0":
@@ -247,7 +248,7 @@ class ClusterClient:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
             self.cluster = LocalCluster(
                 n_workers=n, threads_per_worker=t, processes=processes,
-                dashboard_address=_free_address(self.dashboard_address),
+                dashboard_address=free_address(self.dashboard_address),
                 memory_limit=self.memory_limit,
                 resources={"GPU": 1} if self.gpu else None,
             )
