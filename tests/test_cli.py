@@ -77,7 +77,7 @@ def test_scale_auto_halves_a_fine_slide_and_native_keeps_it(capsys, tmp_path, mo
     for mode, shape in (("auto", (150, 130, 3)), ("native", (300, 260, 3))):
         out = tmp_path / f"{mode}.ome.tif"
         code, _, err = run(capsys, "refocus", src, "-o", out, "--model", models["rgb"], "--tile", "64",
-                           "--scale", mode, "--scheduler", "threads", "-q")
+                           "--scale", mode, "--output-scale", "processing", "--scheduler", "threads", "-q")
         assert code == 0, err
         with tifffile.TiffFile(out) as tif:
             assert tif.series[0].shape == shape

@@ -164,7 +164,7 @@ def _image(shape, seed=0):
 def test_a_40x_slide_is_refocused_at_its_20x_level(tmp_path, range_model) -> None:
     src = _slide(tmp_path / "s40.ome.tif", _image((300, 420)), 0.25)
     out = tmp_path / "out.ome.tif"
-    result = refocus(src, out, model=range_model, tile=128, workers=2)
+    result = refocus(src, out, model=range_model, tile=128, workers=2, output_scale="processing")
     scale = result.provenance["scale"]
     assert (scale["action"], scale["level"], scale["factor"]) == ("level", 1, 1)
     assert scale["processing_mpp"] == pytest.approx(0.5)
@@ -188,7 +188,7 @@ def test_a_flat_fine_slide_is_reduced_by_area_mean(tmp_path, range_model) -> Non
     img = _image((260, 330), seed=1)
     src = _slide(tmp_path / "fine.ome.tif", img, 0.2, pyramid=False)
     out = tmp_path / "out.ome.tif"
-    result = refocus(src, out, model=range_model, tile=128, workers=2)
+    result = refocus(src, out, model=range_model, tile=128, workers=2, output_scale="processing")
     scale = result.provenance["scale"]
     assert (scale["action"], scale["factor"]) == ("downsample", 3)
     assert open_slide(out).mpp == pytest.approx((0.6, 0.6))

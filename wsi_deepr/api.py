@@ -71,6 +71,7 @@ def refocus(
     output_format: str = "auto",
     where: str = "auto",
     qc: bool = False,
+    output_scale: str = "native",
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF (or TIFF, or OME-Zarr).
 
@@ -164,6 +165,12 @@ def refocus(
         feathered into their refocused neighbours); a card without that key
         runs every window.  ``"all"``: every window with tissue.  The map,
         the threshold and the counts are in the provenance (``focus``).
+    output_scale : {"native", "processing"}
+        When ``scale="auto"`` runs the model at a coarser pixel size than
+        the scan's (a 40× slide and a 20× model): ``"native"`` (default)
+        returns the scan at its own pixel size, the model's correction
+        upsampled onto its pixels (:mod:`wsi_deepr.imaging.transfer`);
+        ``"processing"`` returns the coarser image the model made.
     qc : bool
         Also write the focus QC report (``<stem>.focus.json/.png/.html``)
         beside the output, with before/after crops of the worst regions.
@@ -184,7 +191,7 @@ def refocus(
     options = RefocusOptions(model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap,
                              batch=batch, workers=workers, overwrite=overwrite, jpeg_quality=jpeg_quality,
                              compression=compression, resume=resume, scale=scale, background=background,
-                             output_format=output_format, where=where, qc=qc)
+                             output_format=output_format, where=where, qc=qc, output_scale=output_scale)
     return refocus_with(slide_path, output, options, scheduler=scheduler, skip=skip, progress=progress)
 
 
@@ -211,10 +218,12 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
         with timer.stage("refocus"):
             stages.infer(plan, scratch, link, hooks, workers=job.workers)
         hooks.reached("stored")
+        with timer.stage("transfer"):
+            native = stages.transfer(job, plan, scratch, options, hooks)
         with timer.stage("pyramid"):
-            levels = stages.pyramid(scratch, hooks)
+            levels = stages.pyramid(scratch, hooks, base=native)
         provenance = stages.record(job, plan, link, options, identity=identity, checksum=checksum,
-                                   scratch=scratch, started=started, timer=timer)
+                                   scratch=scratch, started=started, timer=timer, native=native is not None)
         with timer.stage("write"):
             stages.write(job, levels, provenance, options, hooks)
         hooks.reached("written")

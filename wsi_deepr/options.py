@@ -21,7 +21,7 @@ from typing import Any
 
 from wsi_deepr.errors import OptionError
 
-__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "SCALE_MODES", "WHERE_MODES",
+__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "OUTPUT_SCALES", "SCALE_MODES", "WHERE_MODES",
            "RefocusOptions"]
 
 MODALITIES = ("auto", "brightfield", "fluorescence")
@@ -31,6 +31,8 @@ BACKGROUND_MODES = ("auto", "skip", "process")
 COMPRESSIONS = ("auto", "jpeg", "zlib", "zstd")
 #: where the network runs: ``auto`` only where the defocus map says it helps, ``all`` every window
 WHERE_MODES = ("auto", "all")
+#: the pixel size of the output: the scan's own (``native``) or the one the model ran at (``processing``)
+OUTPUT_SCALES = ("native", "processing")
 #: output formats (``auto``: by the output's suffix, an OME-TIFF by default)
 FORMATS = ("auto", "ome-tiff", "tiff", "ome-zarr")
 #: smallest model window accepted, px (the U-Net downsamples by 16)
@@ -75,6 +77,10 @@ class RefocusOptions:
     scale: str = _option("auto", "'auto': refocus at the model's training pixel size (a finer slide's matching "
                                  "pyramid level, or an area-mean reduction; the output is written at that "
                                  "size). 'native': always full resolution.", choices=SCALE_MODES)
+    output_scale: str = _option("native", "When the model runs at a coarser pixel size than the scan (--scale auto on "
+                                          "a 40x slide): 'native' returns the scan at its own pixel size, the "
+                                          "model's correction upsampled onto its pixels; 'processing' returns the "
+                                          "coarser image the model made.", choices=OUTPUT_SCALES)
     background: str = _option("auto", "'skip': pass windows of blank glass through unchanged (tissue found by "
                                       "optical density on a thumbnail); 'process': refocus every window; 'auto': "
                                       "skip on brightfield slides, process fluorescence.", choices=BACKGROUND_MODES)
@@ -102,7 +108,8 @@ class RefocusOptions:
             object.__setattr__(self, "model", os.fspath(self.model))
         for name, allowed in (("modality", MODALITIES), ("device", DEVICES), ("scale", SCALE_MODES),
                               ("background", BACKGROUND_MODES), ("compression", COMPRESSIONS),
-                              ("output_format", FORMATS), ("where", WHERE_MODES)):
+                              ("output_format", FORMATS), ("where", WHERE_MODES),
+                              ("output_scale", OUTPUT_SCALES)):
             value = getattr(self, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 raise OptionError(f"{name}={value!r}: use one of {', '.join(allowed)}")

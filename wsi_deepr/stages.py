@@ -18,7 +18,10 @@
    fingerprint (:mod:`wsi_deepr.runsafe.resume`);
 6. :func:`infer` — the Dask graph computes the refocused level into the scratch
    (:mod:`wsi_deepr.parallel.graph`);
-7. :func:`pyramid` — the reduced levels (:mod:`wsi_deepr.imaging.pyramid`);
+7. :func:`transfer` — when the model ran coarser than the scan, its
+   correction upsampled onto the scan's own pixels
+   (:mod:`wsi_deepr.imaging.transfer`); :func:`pyramid` — the reduced levels
+   (:mod:`wsi_deepr.imaging.pyramid`);
 8. :func:`record` — the provenance (:mod:`wsi_deepr.runsafe.provenance`);
 9. :func:`write` — the output file (:mod:`wsi_deepr.writers`), then
    :func:`finish`: the sidecar, and the scratch removed; :func:`write_qc`
@@ -65,7 +68,7 @@ from wsi_deepr.writers.paths import check_output, check_output_format, default_o
 
 __all__ = [
     "LOCAL_SCHEDULERS", "Focus", "Job", "Link", "RunHooks", "StageTimer", "check_scheduler", "claim", "connect",
-    "disk_full_is_resumable",
+    "disk_full_is_resumable", "transfer",
     "finish", "focus", "infer", "open_run_scratch", "plan", "prepare", "pyramid", "record", "write", "write_qc",
 ]
 
@@ -129,6 +132,11 @@ class RunHooks:
         """A band of a reduced pyramid level is written."""
         self.bands += 1
         crash_point("pyramid", self.bands)
+
+    def band_transferred(self) -> None:
+        """A band of the scan-resolution output is in the scratch."""
+        self.bands += 1
+        crash_point("transfer", self.bands)
 
     def tiles_written(self, count: int) -> None:
         """``count`` level-0 tiles of the output file are written."""
@@ -345,10 +353,55 @@ def infer(plan: RefocusPlan, scratch: Scratch, link: Link, hooks: RunHooks, *, w
         array.attrs["complete"] = True
 
 
-def pyramid(scratch: Scratch, hooks: RunHooks) -> list:
-    """All pyramid levels, the deeper ones built from the scratch in bands."""
+def transfer(job: Job, plan: RefocusPlan, scratch: Scratch, options: RefocusOptions, hooks: RunHooks,
+             *, tile: int = 512, width: int = 4096):
+    """The scan-resolution output, when the model ran at a coarser pixel size (else ``None``).
+
+    Streams ``tile``-row by ``width``-column pieces of the slide's level 0
+    through :func:`wsi_deepr.imaging.transfer.transfer_band` into the
+    scratch array ``native`` (reused when a killed run completed it).
+    """
+    if options.output_scale != "native" or plan.scale.action == "native":
+        return None
+    import zarr
+
+    from wsi_deepr.imaging.transfer import native_coordinates, transfer_band
+
+    h0, w0, c = job.slide.level_shapes[0]
+    hp, wp = plan.shape[:2]
+    done = scratch.group.get("native")
+    if isinstance(done, zarr.Array) and done.attrs.get("complete") is True and tuple(done.shape) == (h0, w0, c):
+        return done
+    dst = scratch.group.create_array("native", shape=(h0, w0, c), chunks=(tile, tile, c), dtype=job.slide.dtype,
+                                     compressors=zarr.codecs.ZstdCodec(level=1), overwrite=True)
+    rows_all, cols_all = native_coordinates(h0, hp), native_coordinates(w0, wp)
+    for y0 in range(0, h0, tile):
+        rows = rows_all[y0:y0 + tile]
+        p0, p1 = int(rows[0]), min(hp - 1, int(rows[-1]) + 1)
+        for x0 in range(0, w0, width):
+            cols = cols_all[x0:x0 + width]
+            q0, q1 = int(cols[0]), min(wp - 1, int(cols[-1]) + 1)
+            dst[y0:y0 + len(rows), x0:x0 + len(cols)] = transfer_band(
+                job.slide.read_region(0, y0, x0, y0 + len(rows), x0 + len(cols)),
+                plan.reader.read(plan.level, p0, q0, p1 + 1, q1 + 1), scratch.base[p0:p1 + 1, q0:q1 + 1],
+                rows, cols - q0, first_row=p0, last_row=hp - 1)
+        hooks.band_transferred()
+    dst.attrs["complete"] = True
+    log.info("output at the scan's own pixel size: the correction made at %s µm/px upsampled onto %s",
+             plan.scale.processing_mpp, job.slide_path)
+    return dst
+
+
+def pyramid(scratch: Scratch, hooks: RunHooks, *, base=None) -> list:
+    """All pyramid levels, the deeper ones built from the scratch in bands.
+
+    ``base``: the scan-resolution level 0 from :func:`transfer` (its levels
+    are named ``n1``, ``n2``, ... in the scratch), else the refocused level.
+    """
     from wsi_deepr.imaging.pyramid import build_pyramid
 
+    if base is not None:
+        return build_pyramid(base, scratch.group, prefix="n", progress=hooks.band_reduced)
     return build_pyramid(scratch.base, scratch.group, progress=hooks.band_reduced)
 
 
@@ -366,15 +419,26 @@ def parameters(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions)
 
 
 def record(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *, identity: dict,
-           checksum: Checksum, scratch: Scratch, started: str, timer: StageTimer) -> dict:
-    """The provenance record (the input's SHA-256 is awaited here)."""
+           checksum: Checksum, scratch: Scratch, started: str, timer: StageTimer, native: bool = False) -> dict:
+    """The provenance record (the input's SHA-256 is awaited here).
+
+    ``native``: the output is at the scan's own pixel size (:func:`transfer`),
+    recorded under ``output_scale``.
+    """
     sha256, timer.seconds["checksum"] = checksum.result()
-    return provenance_record(
+    provenance = provenance_record(
         slide=job.slide, slide_path=job.slide_path, identity=identity, sha256=sha256, model=job.model,
         provider=link.provider, parameters=parameters(job, plan, link, options), plan=plan,
-        output_mpp=output_mpp(job.slide, plan.scale), scheduler=link.info, resumed_blocks=len(scratch.done),
-        started=started, timings=timer.seconds,
+        output_mpp=output_mpp(job.slide, None if native else plan.scale), scheduler=link.info,
+        resumed_blocks=len(scratch.done), started=started, timings=timer.seconds,
     )
+    if native:
+        provenance["output_shape"] = list(job.slide.shape)
+        provenance["output_scale"] = {
+            "scale": "native", "processing_mpp": plan.scale.processing_mpp, "processing_shape": list(plan.shape),
+            "method": "residual (refocused - model input) at the processing pixel size, bilinearly upsampled "
+                      "and added to the scan's own pixels"}
+    return provenance
 
 
 def write(job: Job, levels: list, provenance: dict, options: RefocusOptions, hooks: RunHooks) -> None:
