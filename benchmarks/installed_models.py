@@ -81,7 +81,7 @@ def end_to_end(path: Path, slide: Path, tile: int | str, scheduler: str = "threa
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            result = refocus(slide, Path(tmp) / "out.ome.tif", model=path, tile=tile, scheduler=sched)
+            result = refocus(slide, Path(tmp) / "out.ome.tif", model=path, tile=tile, scheduler=sched, where="all")
             secs = time.perf_counter() - t
     finally:
         if not isinstance(sched, str):

@@ -16,8 +16,8 @@ Usage::
     python benchmarks/min_defocus.py wsi_deepr/models/deepr-fluorescence.onnx [--json out.json] [--write-card]
 
 ``--write-card`` stores the threshold in the ONNX file's card (metadata key
-``min_defocus_um``; needs the ``onnx`` package) — the model file changes, so
-its SHA-256 does too.
+``min_defocus_um``, with :func:`export.card.set_card`; needs the ``onnx``
+package) — the model file changes, so its SHA-256 does too.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # export/
 SHARED = ROOT.parent / "shared" / "data"
 Z_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
@@ -125,22 +126,6 @@ def measure(model_path: Path, *, fields: int = 8, size: int = 384, margin: int =
             "min_defocus_um": threshold}
 
 
-def write_card(model_path: Path, value: float) -> None:
-    """Store ``min_defocus_um`` in the ONNX file's metadata (atomically)."""
-    import onnx
-    from onnx import helper
-
-    from wsi_deepr.writers.atomic import atomic_file
-
-    model = onnx.load(str(model_path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props["min_defocus_um"] = f"{value:g}"
-    del model.metadata_props[:]
-    helper.set_model_props(model, props)
-    with atomic_file(model_path) as fh:
-        fh.write(model.SerializeToString())
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -165,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if report["min_defocus_um"] is None:
             print("no |z| of the grid where the model is better than its input: card left as it is", file=sys.stderr)
             return 1
-        write_card(args.model, report["min_defocus_um"])
+        from export.card import set_card
+
+        set_card(args.model, min_defocus_um=report["min_defocus_um"])
     return 0
 
 

@@ -104,7 +104,7 @@ class TreeRss:
 def run_one(slide: Path, model: Path, out: Path, scheduler: str, extra: list[str]) -> dict:
     """One CLI run in a fresh process: seconds, ru_maxrss, peak tree RSS."""
     cmd = [sys.executable, "-c", "import sys; from wsi_deepr.cli import main; sys.exit(main(sys.argv[1:]))",
-           "refocus", str(slide), "-o", str(out), "--model", str(model), "--device", "cpu", "--overwrite",
+           "refocus", str(slide), "-o", str(out), "--model", str(model), "--device", "cpu", "--where", "all", "--overwrite",
            "-q", "--scheduler", scheduler, *extra]
     log = out.with_name("stderr.txt")
     t = time.perf_counter()

@@ -45,7 +45,7 @@ def run(slide: Path, out: Path, model: str, **kw) -> tuple[np.ndarray, float, in
     from wsi_deepr import refocus
 
     t = time.perf_counter()
-    result = refocus(slide, out, model=model, compression="zlib", background="process", scheduler="threads",
+    result = refocus(slide, out, model=model, compression="zlib", background="process", scheduler="threads", where="all",
                      workers=2, modality=MODALITY["value"], **kw)
     return tifffile.imread(out), time.perf_counter() - t, result.windows, result.provenance["parameters"]["tile"]
 

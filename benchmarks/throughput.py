@@ -170,7 +170,7 @@ def run_one(args: argparse.Namespace) -> None:
         out = Path(tmp) / "out.ome.tif"
         t = time.perf_counter()
         result = refocus(args.slide, out, model=args.model, tile=args.tile, halo=halo, overlap=overlap,
-                         batch=args.batch, workers=args.workers, device="cpu")
+                         batch=args.batch, workers=args.workers, device="cpu", where="all")
         wall = time.perf_counter() - t
         size = out.stat().st_size
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
