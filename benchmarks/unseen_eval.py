@@ -1,0 +1,211 @@
+"""Restoration judged the way users meet it: default settings, optics outside the training recipe.
+
+For every shipped model (or ``--model``), fields of in-focus images are
+defocused by ``|z|`` with optics the training recipe did not use (NA 0.75 at
+0.5 µm/px, Noll-11 spherical aberration of 0.2-0.5 waves, Poisson noise of
+300-3000 photons at full scale, and JPEG Q70-95 for brightfield), written as
+slides and refocused **exactly as a user would**: ``refocus`` with its
+defaults (defocus map, ``--where auto``, the card's threshold, scale and
+halo).  Each result is scored against the same field through the same
+optics at ``z = 0`` (SSIM, Gaussian window sigma 1.5, and PSNR on [0, 1],
+``margin`` px from the edges left out), beside the defocused input and
+Richardson-Lucy (30 iterations) given the **true** PSF
+(:func:`export.evaluate.rl_true_psf`).  Prints the per-defocus table and the
+issue-13 gates (no bin worse than the input by more than 0.005 SSIM; mean
+SSIM gain at ``|z| >= 3``; bins at or above RL-true-PSF).
+
+Sources: give in-focus images no training run used with ``--source PATH``
+(repeatable; slides or PNG/TIFF images).  Without them the shared images are
+used — CMU-1-Small-Region, the TCGA frozen section and ihc.png for
+brightfield, the Vectra channels for fluorescence — which the shipped models
+*were* trained on (other fields of view, other optics), so those numbers say
+nothing about unseen sources: the report says which were used.
+
+Usage::
+
+    python benchmarks/unseen_eval.py [--model deepr-fluorescence] [--source img.tif ...] [--fields 4]
+        [--z 0 1 2 3 4 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # export/
+SHARED = ROOT.parent / "shared" / "data"
+MPP = 0.5
+NA = 0.75
+
+
+def _load(path: Path) -> np.ndarray:
+    """``(Y, X, C)`` pixels of a slide or a plain image."""
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+        import skimage.io
+
+        img = np.asarray(skimage.io.imread(path))
+        return img[..., :3] if img.ndim == 3 else img[..., None]
+    from wsi_deepr import open_slide
+
+    slide = open_slide(path)
+    return slide.read_region(0, 0, 0, *slide.shape[:2])
+
+
+def _default_sources(modality: str) -> list[Path]:
+    if modality == "brightfield":
+        return [SHARED / "slides" / "CMU-1-Small-Region.svs", SHARED / "slides" / "tcga-cr-7395-01a-01-ts1.svs",
+                SHARED / "images" / "ihc.png"]
+    return [SHARED / "slides" / "small_vectra.qptiff"]
+
+
+def _fields(images: list[np.ndarray], modality: str, *, size: int, count: int, rng) -> list[np.ndarray]:
+    """``count`` fields per image with content, brightfield RGB or one fluorescence channel each."""
+    out = []
+    for img in images:
+        planes = [img] if modality == "brightfield" else [img[..., c:c + 1] for c in range(img.shape[-1])]
+        for plane in planes:
+            got, tries = 0, 0
+            while got < count and tries < 200:
+                tries += 1
+                y = int(rng.integers(0, plane.shape[0] - size + 1))
+                x = int(rng.integers(0, plane.shape[1] - size + 1))
+                f = plane[y:y + size, x:x + size]
+                ok = ((-np.log10((f.astype(np.float64) + 1) / 256.0)).max(axis=-1) > 0.15).mean() > 0.5 \
+                    if modality == "brightfield" else f.std() > 0.05 * max(float(plane.max()), 1.0)
+                if ok:
+                    out.append(f)
+                    got += 1
+    return out
+
+
+def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | None, rng) -> np.ndarray:
+    """What a scanner with ``setting`` records of ``obj`` ([0, 1]) at defocus ``z``: 8-bit."""
+    from wsi_deepr.optics import defocus
+    from wsi_deepr.optics.randomize import add_poisson_gaussian_noise, jpeg_recompress
+
+    img = add_poisson_gaussian_noise(defocus(obj, setting, z), rng, photons=photons, read_noise=0.0)
+    if jpeg is not None:
+        img = jpeg_recompress(np.clip(img, 0, 1), jpeg)
+    return np.clip(np.rint(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
+
+
+def _refocus(pixels: np.ndarray, model: str, tmp: Path) -> tuple[np.ndarray, dict]:
+    """``refocus`` with its defaults on ``pixels`` written as a slide; the output and its ``focus`` record."""
+    import tifffile
+
+    from wsi_deepr import refocus
+
+    src, out = tmp / "field.tif", tmp / "field.refocused.ome.tif"
+    rgb = pixels.shape[-1] == 3
+    tifffile.imwrite(src, pixels if rgb else pixels[..., 0], photometric="rgb" if rgb else "minisblack",
+                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+    result = refocus(src, out, model=model, scheduler="threads", overwrite=True, compression="zlib")
+    got = tifffile.imread(out)
+    return (got if got.ndim == 3 else got[..., None]), result.provenance.get("focus") or {}
+
+
+def _score(pred: np.ndarray, target: np.ndarray, margin: int) -> tuple[float, float]:
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    sl = (slice(margin, -margin), slice(margin, -margin))
+    p, t = np.clip(pred[sl], 0, 1), np.clip(target[sl], 0, 1)
+    s = structural_similarity(p, t, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                              use_sample_covariance=False)
+    return float(s), float(peak_signal_noise_ratio(t, p, data_range=1.0))
+
+
+def evaluate(model: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
+             margin: int = 32, seed: int = 0) -> dict:
+    """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output."""
+    from export.evaluate import rl_true_psf
+    from wsi_deepr.inference.registry import resolve_model
+    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
+    from wsi_deepr.readers.slide import Modality
+
+    info = resolve_model(model, modality=Modality.BRIGHTFIELD)
+    modality = info.card.modality.value
+    sources = sources or _default_sources(modality)
+    rng = np.random.default_rng(seed)
+    chosen = _fields([_load(s) for s in sources], modality, size=size, count=fields, rng=rng)
+    wavelengths = BRIGHTFIELD_WAVELENGTHS_UM if modality == "brightfield" else (0.52,)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, field in enumerate(chosen):
+            top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
+            obj = np.clip(field.astype(np.float32) / top, 0, 1)
+            setting = OpticalSetting(na=NA, wavelengths_um=wavelengths, pixel_size_um=MPP,
+                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.5)))
+            photons = float(rng.uniform(300, 3000))
+            jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
+            target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng).astype(np.float32) / 255
+            for z in z_grid:
+                sign = 1 if (k + int(z)) % 2 == 0 else -1
+                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng)
+                out, focus = _refocus(captured, info.name, Path(tmp))
+                inp = captured.astype(np.float32) / 255
+                rl = rl_true_psf(inp, na=NA, pixel_size_um=MPP, z_um=sign * z, wavelengths_um=wavelengths,
+                                 spherical_waves=setting.spherical_waves)
+                rec = {"z": z, "field": k, "refocused_windows": focus.get("refocused_windows"),
+                       "windows": focus.get("windows")}
+                for key, img in (("input", inp), ("output", out.astype(np.float32) / 255), ("rl", rl)):
+                    rec[f"ssim_{key}"], rec[f"psnr_{key}"] = _score(img, target, margin)
+                records.append(rec)
+    rows = []
+    for z in z_grid:
+        grp = [r for r in records if r["z"] == z]
+        rows.append({"z": z, "n": len(grp), **{k: float(np.mean([r[k] for r in grp])) for k in
+                     ("ssim_input", "ssim_rl", "ssim_output", "psnr_input", "psnr_rl", "psnr_output")},
+                     "network_share": float(np.mean([(r["refocused_windows"] or 0) / max(1, r["windows"] or 1)
+                                                     for r in grp]))})
+    far = [r for r in rows if r["z"] >= 3]
+    return {"model": info.name, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
+            "optics": f"NA {NA}, {MPP} µm/px, spherical 0.2-0.5 waves, 300-3000 photons"
+                      + (", JPEG Q70-95" if modality == "brightfield" else ""),
+            "rows": rows,
+            "worst_bin_change": min(r["ssim_output"] - r["ssim_input"] for r in rows),
+            "gain_abs_z_ge_3": float(np.mean([r["ssim_output"] - r["ssim_input"] for r in far])) if far else None,
+            "bins_at_or_above_rl": sum(r["ssim_output"] >= r["ssim_rl"] for r in far), "bins_z_ge_3": len(far)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", default=None, help="repeatable [default: every shipped model]")
+    p.add_argument("--source", action="append", type=Path, default=None, help="in-focus image or slide")
+    p.add_argument("--fields", type=int, default=3, help="fields per source image (per channel)")
+    p.add_argument("--z", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    from wsi_deepr.inference.registry import list_models
+
+    t0 = time.perf_counter()
+    reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z)
+               for m in (args.model or [m.name for m in list_models()])]
+    for rep in reports:
+        print(f"\n{rep['model']} ({rep['fields']} fields; {rep['optics']}; sources: "
+              f"{', '.join(Path(s).name for s in rep['sources'])})")
+        print("| |z| µm | n | SSIM input | SSIM RL-true-PSF | SSIM output | PSNR input | PSNR RL | PSNR output "
+              "| windows refocused |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rep["rows"]:
+            print(f"| {r['z']:g} | {r['n']} | {r['ssim_input']:.3f} | {r['ssim_rl']:.3f} | {r['ssim_output']:.3f} | "
+                  f"{r['psnr_input']:.2f} | {r['psnr_rl']:.2f} | {r['psnr_output']:.2f} | "
+                  f"{100 * r['network_share']:.0f} % |")
+        print(f"worst bin change {rep['worst_bin_change']:+.3f} (gate >= -0.005); mean gain |z| >= 3 "
+              f"{rep['gain_abs_z_ge_3']:+.3f}; at or above RL in {rep['bins_at_or_above_rl']} of "
+              f"{rep['bins_z_ge_3']} bins |z| >= 3")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
