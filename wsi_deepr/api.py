@@ -10,6 +10,7 @@ expensive part run, stage by stage (:mod:`wsi_deepr.stages`).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from wsi_deepr.runsafe.provenance import Checksum, stamp
 from wsi_deepr.runsafe.resume import input_identity
 
 __all__ = ["RefocusResult", "refocus", "refocus_with"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,7 +233,7 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
         if options.qc and focus is not None:
             stages.write_qc(job, focus)
         sidecar = stages.finish(job, provenance, scratch, timer)
-    stages.log.info("wrote %s in %.1f s", job.output, timer.seconds["total"])
+    log.info("wrote %s in %.1f s", job.output, timer.seconds["total"])
     nby, nbx = plan.block_grid
     return RefocusResult(
         output=job.output, model=job.model.name, model_sha256=job.model.sha256, provider=link.provider,
@@ -241,6 +244,7 @@ def refocus_with(slide_path: str | os.PathLike, output: str | os.PathLike | None
 
 
 def _focus_summary(focus: stages.Focus) -> dict:
+    """The QC summary of the run's defocus map (for batch reports)."""
     from wsi_deepr.focus.report import summary
 
     return summary(focus.dmap)
