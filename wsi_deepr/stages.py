@@ -164,8 +164,12 @@ class Job:
     @property
     def rgb(self) -> bool:
         """Whether the output is brightfield RGB (JPEG by default)."""
-        s = self.slide
-        return s.modality is Modality.BRIGHTFIELD and s.n_channels == 3 and np.dtype(s.dtype) == np.uint8
+        return _is_rgb(self.slide)
+
+
+def _is_rgb(slide: Slide) -> bool:
+    """Brightfield, three channels of uint8: written as RGB (JPEG by default; the OpenSlide TIFF needs it)."""
+    return slide.modality is Modality.BRIGHTFIELD and slide.n_channels == 3 and np.dtype(slide.dtype) == np.uint8
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,7 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     workers = max(1, int(options.workers or os.cpu_count() or 1))
     geometry = choose_geometry(slide, model, device=options.device, tile=options.tile, halo=options.halo,
                                overlap=options.overlap, batch=options.batch, parallel=workers, scale=options.scale)
-    rgb = slide.modality is Modality.BRIGHTFIELD and slide.n_channels == 3 and np.dtype(slide.dtype) == np.uint8
+    rgb = _is_rgb(slide)
     fmt = check_output_format(out, options.output_format, rgb=rgb)
     if fmt != "ome-zarr":
         check_compression(options.compression, rgb=rgb, quality=options.jpeg_quality)

@@ -43,9 +43,6 @@ __all__ = ["refocus_dask", "store_to_zarr"]
 
 log = logging.getLogger(__name__)
 
-#: how many output rows inference may run ahead of the assembled output
-LOOKAHEAD_ROWS = 1
-
 
 def _split(canvas: Canvas, box: tuple[int, int, int, int]) -> dict[str, Canvas]:
     """Split a canvas into its own block ``box`` and the tails beyond it.
