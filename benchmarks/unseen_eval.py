@@ -1,12 +1,13 @@
 """Restoration judged the way users meet it: default settings, optics outside the training recipe.
 
-For every shipped model (or ``--model``), fields of in-focus images are
-defocused by ``|z|`` with optics the training recipe did not use (NA 0.75 at
-0.5 µm/px, Noll-11 spherical aberration of 0.2-0.5 waves, Poisson noise of
-300-3000 photons at full scale, and JPEG Q70-95 for brightfield), written as
-slides and refocused **exactly as a user would**: ``refocus`` with its
-defaults (defocus map, ``--where auto``, the card's threshold, scale and
-halo).  Each result is scored against the same field through the same
+For every shipped model and the non-blind method (or ``--model``), fields
+of in-focus images are defocused by ``|z|`` with optics the training recipe
+did not use (NA 0.75 at 0.5 µm/px, Noll-11 spherical aberration of 0.02-0.1
+waves RMS of random sign — ``--spherical 0.2 0.5`` is a stress test far
+beyond real objectives —, Poisson noise of 300-3000 photons at full scale,
+and JPEG Q70-95 for brightfield), written as slides and refocused **exactly
+as a user would**: ``refocus`` with its defaults (defocus map, ``--where
+auto``, the card's threshold, scale and halo).  Each result is scored against the same field through the same
 optics at ``z = 0`` (SSIM, Gaussian window sigma 1.5, and PSNR on [0, 1],
 ``margin`` px from the edges left out), beside the defocused input and
 Richardson-Lucy (30 iterations) given the **true** PSF
@@ -14,8 +15,10 @@ Richardson-Lucy (30 iterations) given the **true** PSF
 issue-13 gates (no bin worse than the input by more than 0.005 SSIM; mean
 SSIM gain at ``|z| >= 3``; bins at or above RL-true-PSF).
 
-Sources: give in-focus images no training run used with ``--source PATH``
-(repeatable; slides or PNG/TIFF images).  Without them the shared images are
+Sources: ``--unseen`` uses the images of
+``benchmarks/fetch_unseen_sources.py`` (from PyPI wheels; no training or
+tuning run used them), or give in-focus images with ``--source PATH``
+(repeatable; slides or PNG/TIFF images).  Without either the shared images are
 used — CMU-1-Small-Region, the TCGA frozen section and ihc.png for
 brightfield, the Vectra channels for fluorescence — which the shipped models
 *were* trained on (other fields of view, other optics), so those numbers say
@@ -23,8 +26,9 @@ nothing about unseen sources: the report says which were used.
 
 Usage::
 
-    python benchmarks/unseen_eval.py [--model deepr-fluorescence] [--source img.tif ...] [--fields 4]
-        [--z 0 1 2 3 4 5] [--json out.json]
+    python benchmarks/fetch_unseen_sources.py
+    python benchmarks/unseen_eval.py --unseen --size 288 --fields 4 [--model deepr-fluorescence]
+        [--model deconvolve:brightfield] [--spherical 0.2 0.5] [--z 0 1 2 3 4 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,17 +44,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # export/
+sys.path.insert(0, str(ROOT / "benchmarks"))  # fetch_unseen_sources
 SHARED = ROOT.parent / "shared" / "data"
 MPP = 0.5
 NA = 0.75
+#: |Noll-11 spherical aberration| in waves RMS: 0.02-0.1 is Strehl 0.98-0.67 (W040 of 0.27-1.3 waves peak),
+#: from a well-corrected objective to a cover-glass error beyond what scanners tolerate
+SPHERICAL = (0.02, 0.1)
 
 
 def _load(path: Path) -> np.ndarray:
-    """``(Y, X, C)`` pixels of a slide or a plain image."""
-    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
+    """``(Y, X, C)`` pixels of a slide or a plain image (PNG/JPEG/BMP, or a plain 2-D/RGB TIFF)."""
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
         import skimage.io
+        import tifffile
 
-        img = np.asarray(skimage.io.imread(path))
+        img = np.asarray(tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff")
+                         else skimage.io.imread(path))
         return img[..., :3] if img.ndim == 3 else img[..., None]
     from wsi_deepr import open_slide
 
@@ -96,7 +106,7 @@ def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | 
     return np.clip(np.rint(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
 
 
-def _refocus(pixels: np.ndarray, model: str, tmp: Path) -> tuple[np.ndarray, dict]:
+def _refocus(pixels: np.ndarray, model: str | None, tmp: Path, method: str = "deepr") -> tuple[np.ndarray, dict]:
     """``refocus`` with its defaults on ``pixels`` written as a slide; the output and its ``focus`` record."""
     import tifffile
 
@@ -106,7 +116,7 @@ def _refocus(pixels: np.ndarray, model: str, tmp: Path) -> tuple[np.ndarray, dic
     rgb = pixels.shape[-1] == 3
     tifffile.imwrite(src, pixels if rgb else pixels[..., 0], photometric="rgb" if rgb else "minisblack",
                      resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
-    result = refocus(src, out, model=model, scheduler="threads", overwrite=True, compression="zlib")
+    result = refocus(src, out, model=model, method=method, scheduler="threads", overwrite=True, compression="zlib")
     got = tifffile.imread(out)
     return (got if got.ndim == 3 else got[..., None]), result.provenance.get("focus") or {}
 
@@ -121,16 +131,38 @@ def _score(pred: np.ndarray, target: np.ndarray, margin: int) -> tuple[float, fl
     return float(s), float(peak_signal_noise_ratio(t, p, data_range=1.0))
 
 
-def evaluate(model: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
-             margin: int = 32, seed: int = 0) -> dict:
-    """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output."""
-    from export.evaluate import rl_true_psf
+def _subject(name: str) -> tuple[str | None, str, str]:
+    """``(model, method, modality)`` of a subject: a model name, or ``deconvolve:MODALITY`` / ``auto:MODALITY``."""
     from wsi_deepr.inference.registry import resolve_model
-    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
     from wsi_deepr.readers.slide import Modality
 
-    info = resolve_model(model, modality=Modality.BRIGHTFIELD)
-    modality = info.card.modality.value
+    if ":" in name:
+        method, modality = name.split(":", 1)
+        return None, method, modality
+    return name, "deepr", resolve_model(name, modality=Modality.BRIGHTFIELD).card.modality.value
+
+
+def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
+             margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
+             unseen: bool = False) -> dict:
+    """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output of ``subject``.
+
+    ``subject``: an installed model's name, ``deconvolve:brightfield`` /
+    ``deconvolve:fluorescence`` (``--method deconvolve``) or
+    ``auto:brightfield`` / ``auto:fluorescence`` (what ``wsi-deepr refocus``
+    does with no ``--model`` and no ``--method``).  ``unseen``: the images
+    of ``benchmarks/fetch_unseen_sources.py`` of the subject's modality.
+    """
+    from export.evaluate import rl_true_psf
+    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
+
+    model, method, modality = _subject(subject)
+    if unseen:
+        from fetch_unseen_sources import bright_sources, fluorescence_sources
+
+        sources = bright_sources() if modality == "brightfield" else fluorescence_sources()
+        if not sources:
+            raise SystemExit("no unseen sources fetched: run python benchmarks/fetch_unseen_sources.py first")
     sources = sources or _default_sources(modality)
     rng = np.random.default_rng(seed)
     chosen = _fields([_load(s) for s in sources], modality, size=size, count=fields, rng=rng)
@@ -140,17 +172,17 @@ def evaluate(model: str, sources: list[Path] | None, *, fields: int, z_grid: lis
         for k, field in enumerate(chosen):
             top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
             obj = np.clip(field.astype(np.float32) / top, 0, 1)
-            setting = OpticalSetting(na=NA, wavelengths_um=wavelengths, pixel_size_um=MPP,
-                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.5)))
+            setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=MPP,
+                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)))
             photons = float(rng.uniform(300, 3000))
             jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
             target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng).astype(np.float32) / 255
             for z in z_grid:
                 sign = 1 if (k + int(z)) % 2 == 0 else -1
                 captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng)
-                out, focus = _refocus(captured, info.name, Path(tmp))
+                out, focus = _refocus(captured, model, Path(tmp), method)
                 inp = captured.astype(np.float32) / 255
-                rl = rl_true_psf(inp, na=NA, pixel_size_um=MPP, z_um=sign * z, wavelengths_um=wavelengths,
+                rl = rl_true_psf(inp, na=na, pixel_size_um=MPP, z_um=sign * z, wavelengths_um=wavelengths,
                                  spherical_waves=setting.spherical_waves)
                 rec = {"z": z, "field": k, "refocused_windows": focus.get("refocused_windows"),
                        "windows": focus.get("windows")}
@@ -165,8 +197,9 @@ def evaluate(model: str, sources: list[Path] | None, *, fields: int, z_grid: lis
                      "network_share": float(np.mean([(r["refocused_windows"] or 0) / max(1, r["windows"] or 1)
                                                      for r in grp]))})
     far = [r for r in rows if r["z"] >= 3]
-    return {"model": info.name, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
-            "optics": f"NA {NA}, {MPP} µm/px, spherical 0.2-0.5 waves, 300-3000 photons"
+    return {"model": subject, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
+            "optics": f"NA {na:g}, {MPP} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
+                      "300-3000 photons"
                       + (", JPEG Q70-95" if modality == "brightfield" else ""),
             "rows": rows,
             "worst_bin_change": min(r["ssim_output"] - r["ssim_input"] for r in rows),
@@ -177,7 +210,15 @@ def evaluate(model: str, sources: list[Path] | None, *, fields: int, z_grid: lis
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", default=None, help="repeatable [default: every shipped model]")
+    p.add_argument("--model", action="append", default=None,
+                   help="a model name, deconvolve:MODALITY or auto:MODALITY; repeatable [default: every shipped "
+                        "model and deconvolve: for both modalities]")
+    p.add_argument("--na", type=float, default=NA, help="NA of the simulated optics")
+    p.add_argument("--spherical", type=float, nargs=2, default=SPHERICAL, metavar=("LOW", "HIGH"),
+                   help="range of |Noll-11 spherical aberration| in waves RMS (0.2 0.5: a stress test, Strehl < 0.2)")
+    p.add_argument("--unseen", action="store_true",
+                   help="use the images of benchmarks/fetch_unseen_sources.py (sources no training run used)")
+    p.add_argument("--size", type=int, default=384, help="field side in px (288 fits every unseen source)")
     p.add_argument("--source", action="append", type=Path, default=None, help="in-focus image or slide")
     p.add_argument("--fields", type=int, default=3, help="fields per source image (per channel)")
     p.add_argument("--z", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5])
@@ -186,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_deepr.inference.registry import list_models
 
     t0 = time.perf_counter()
-    reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z)
-               for m in (args.model or [m.name for m in list_models()])]
+    subjects = args.model or [m.name for m in list_models()] + ["deconvolve:brightfield", "deconvolve:fluorescence"]
+    reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z, na=args.na,
+                        spherical=tuple(args.spherical), unseen=args.unseen, size=args.size) for m in subjects]
     for rep in reports:
         print(f"\n{rep['model']} ({rep['fields']} fields; {rep['optics']}; sources: "
               f"{', '.join(Path(s).name for s in rep['sources'])})")

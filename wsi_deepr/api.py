@@ -75,6 +75,7 @@ def refocus(
     where: str = "auto",
     qc: bool = False,
     output_scale: str = "native",
+    method: str = "auto",
 ) -> RefocusResult:
     """Refocus a whole slide and write a pyramidal OME-TIFF (or TIFF, or OME-Zarr).
 
@@ -174,6 +175,12 @@ def refocus(
         returns the scan at its own pixel size, the model's correction
         upsampled onto its pixels (:mod:`wsi_deepr.imaging.transfer`);
         ``"processing"`` returns the coarser image the model made.
+    method : {"auto", "deepr", "deconvolve"}
+        ``"deepr"``: the network (``model`` or the modality's default).
+        ``"deconvolve"``: Richardson-Lucy with the defocus PSF the defocus
+        map estimates per window (:mod:`wsi_deepr.restore`), at the scan's
+        pixel size.  ``"auto"``: the modality's default network, else
+        deconvolution (brightfield: no default network is shipped).
     qc : bool
         Also write the focus QC report (``<stem>.focus.json/.png/.html``)
         beside the output, with before/after crops of the worst regions.
@@ -191,7 +198,7 @@ def refocus(
     WsiDeeprError
         Bad input, model or output (the subclass says which).
     """
-    options = RefocusOptions(model=model, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap,
+    options = RefocusOptions(model=model, method=method, modality=modality, device=device, tile=tile, halo=halo, overlap=overlap,
                              batch=batch, workers=workers, overwrite=overwrite, jpeg_quality=jpeg_quality,
                              compression=compression, resume=resume, scale=scale, background=background,
                              output_format=output_format, where=where, qc=qc, output_scale=output_scale)

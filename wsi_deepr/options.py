@@ -21,10 +21,13 @@ from typing import Any
 
 from wsi_deepr.errors import OptionError
 
-__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "MODALITIES", "OUTPUT_SCALES", "SCALE_MODES", "WHERE_MODES",
-           "RefocusOptions"]
+__all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "METHODS", "MODALITIES", "OUTPUT_SCALES",
+           "SCALE_MODES", "WHERE_MODES", "RefocusOptions"]
 
 MODALITIES = ("auto", "brightfield", "fluorescence")
+#: how windows are refocused: the Deep-R network (blind), Richardson-Lucy with the estimated PSF
+#: (non-blind), or ``auto``: the modality's default network, deconvolution where none is installed
+METHODS = ("auto", "deepr", "deconvolve")
 DEVICES = ("auto", "cpu", "cuda")
 SCALE_MODES = ("auto", "native")
 BACKGROUND_MODES = ("auto", "skip", "process")
@@ -62,6 +65,11 @@ class RefocusOptions:
 
     model: str | None = _option(None, "Installed model name or .onnx path [default: the default model for "
                                       "the modality].", metavar="NAME|PATH")
+    method: str = _option("auto", "'deepr': the Deep-R network (blind; --model or the modality's default). "
+                                  "'deconvolve': Richardson-Lucy with the defocus PSF the defocus map estimates for "
+                                  "each window (non-blind physics, at the scan's pixel size). 'auto': the modality's "
+                                  "default network, deconvolution where none is installed (brightfield today).",
+                          choices=METHODS)
     modality: str = _option("auto", "Override the detected modality.", choices=MODALITIES)
     device: str = _option("auto", "ONNX Runtime execution provider; 'cuda' fails if CUDA is not usable.",
                           choices=DEVICES)
@@ -109,11 +117,14 @@ class RefocusOptions:
         for name, allowed in (("modality", MODALITIES), ("device", DEVICES), ("scale", SCALE_MODES),
                               ("background", BACKGROUND_MODES), ("compression", COMPRESSIONS),
                               ("output_format", FORMATS), ("where", WHERE_MODES),
-                              ("output_scale", OUTPUT_SCALES)):
+                              ("output_scale", OUTPUT_SCALES), ("method", METHODS)):
             value = getattr(self, name)
             if not isinstance(value, str) or value.lower() not in allowed:
                 raise OptionError(f"{name}={value!r}: use one of {', '.join(allowed)}")
             object.__setattr__(self, name, value.lower())
+        if self.method == "deconvolve" and self.model is not None:
+            raise OptionError(f"model={self.model!r} names a network but method='deconvolve' uses none: drop "
+                              "--model, or pass --method deepr to run that network")
         object.__setattr__(self, "tile", _tile(self.tile))
         for name, least in (("halo", 0), ("overlap", 0), ("batch", 1), ("workers", 1)):
             value = getattr(self, name)

@@ -1,7 +1,7 @@
 """The stages of one refocusing run, in the order :func:`wsi_deepr.api.refocus` runs them.
 
 1. :func:`prepare` — open the slide, check the output path, resolve the
-   model, and check every option against them (channels, the halo against the
+   model or the non-blind method (:func:`choose_method`), and check every option against them (channels, the halo against the
    window size, JPEG for a non-RGB slide, the scheduler's name).  Cheap: no
    model session, no lock, no scratch.  Gives a :class:`Job`.
 2. the output lock is taken, and :func:`claim` tidies what a killed run of the
@@ -11,7 +11,8 @@
    the execution provider and the worker resources.  Gives a :class:`Link`;
 4. :func:`focus` — the defocus map (:mod:`wsi_deepr.focus`), and with
    ``where="auto"`` the windows it sends to the network: only those defocused
-   beyond the model card's ``min_defocus_um``;
+   beyond the model card's ``min_defocus_um`` (a non-blind method also takes
+   each window's ``|z|`` from it);
    :func:`plan` — the slide statistics and the windows to pass through, into
    the :class:`~wsi_deepr.tiling.plan.RefocusPlan`;
 5. :func:`open_run_scratch` — the resumable scratch store, keyed by its
@@ -45,13 +46,14 @@ from pathlib import Path
 
 import numpy as np
 
-from wsi_deepr.errors import DiskFullError, OptionError, OutputExistsError
+from wsi_deepr.errors import DiskFullError, ModelNotFoundError, OptionError, OutputExistsError
 from wsi_deepr.inference.card import ModelInfo
 from wsi_deepr.inference.registry import resolve_model
 from wsi_deepr.inference.session import SessionSpec, active_provider, get_session, providers_for
 from wsi_deepr.options import RefocusOptions
 from wsi_deepr.readers import open_slide
 from wsi_deepr.readers.slide import Modality, Slide
+from wsi_deepr.restore import Deconvolution
 from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_path, to_annotations, write_sidecar
 from wsi_deepr.runsafe.resume import (
     Scratch,
@@ -73,6 +75,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: what the provenance records as the "provider" of the non-blind method
+METHOD_PROVIDER = "numpy (scikit-image)"
 
 #: names of Dask's local schedulers accepted for ``scheduler``
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
@@ -160,6 +165,8 @@ class Job:
     geometry: Geometry
     workers: int
     output_format: str = "ome-tiff"
+    #: the non-blind method when it runs instead of a network (``model`` then describes it)
+    method: Deconvolution | None = None
 
     @property
     def rgb(self) -> bool:
@@ -178,7 +185,7 @@ class Link:
 
     client: object | None
     scheduler: str
-    session: SessionSpec
+    session: SessionSpec | Deconvolution
     provider: str
     resources: dict[str, float] | None
     info: dict = field(default_factory=dict)
@@ -250,7 +257,7 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     slide = open_slide(slide_path, modality=options.modality)
     out = Path(output) if output is not None else default_output_path(slide_path, options.output_format)
     check_output(out, overwrite=options.overwrite, source=slide_path)
-    model = resolve_model(options.model, modality=slide.modality)
+    model, method = choose_method(options, slide)
     check_scheduler(scheduler)
     providers_for(options.device)  # no CUDA provider at all: fails here, before any lock
     detects_background(options.background, slide)
@@ -261,7 +268,28 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
     fmt = check_output_format(out, options.output_format, rgb=rgb)
     if fmt != "ome-zarr":
         check_compression(options.compression, rgb=rgb, quality=options.jpeg_quality)
-    return Job(slide_path, slide, out, model, geometry, workers, fmt)
+    return Job(slide_path, slide, out, model, geometry, workers, fmt, method)
+
+
+def choose_method(options: RefocusOptions, slide: Slide) -> tuple[ModelInfo, Deconvolution | None]:
+    """The network (``method=None``) or the non-blind method that refocuses ``slide``, with its card.
+
+    ``auto`` runs the modality's default network; where none is installed
+    (brightfield: the shipped brightfield network is a preview) it runs
+    Richardson-Lucy with the estimated PSF (:mod:`wsi_deepr.restore`).
+    """
+    if options.method == "deepr" or options.model is not None:
+        return resolve_model(options.model, modality=slide.modality), None
+    if options.method == "auto":
+        try:
+            return resolve_model(None, modality=slide.modality), None
+        except ModelNotFoundError as exc:
+            log.info("no default %s network (%s): refocusing by deconvolution with the estimated PSF",
+                     slide.modality.value, str(exc).split(";")[0])
+    from wsi_deepr.restore import physics_model
+
+    mpp = None if slide.mpp is None else float(np.mean(slide.mpp))
+    return physics_model(slide.modality, n_channels=slide.n_channels, mpp=mpp)
 
 
 def claim(job: Job, options: RefocusOptions) -> None:
@@ -277,6 +305,12 @@ def connect(job: Job, options: RefocusOptions, scheduler: object) -> Link:
     from wsi_deepr.parallel import cluster as clusters
 
     model_path = str(job.model.path)
+    if job.method is not None:  # numpy and scikit-image: no session, no provider, no GPU
+        if isinstance(scheduler, str):
+            return Link(None, scheduler, job.method, METHOD_PROVIDER, None, {"kind": scheduler, "workers": job.workers})
+        client = scheduler if hasattr(scheduler, "dashboard_link") else scheduler()
+        return Link(client, "distributed", job.method, METHOD_PROVIDER, None,
+                    {"kind": "distributed", **clusters.describe(client)})
     if isinstance(scheduler, str):
         session = SessionSpec(model_path, options.device, max(1, (os.cpu_count() or 1) // job.workers))
         get_session(session)  # fail fast: the provider starts, the model loads
@@ -302,9 +336,13 @@ class Focus:
 
 
 def focus(job: Job, options: RefocusOptions) -> Focus | None:
-    """Estimate the defocus map when it is used: ``where="auto"`` with a model threshold, or ``qc``."""
+    """Estimate the defocus map when it is used: ``where="auto"`` with a model threshold, ``qc``, or a
+    non-blind method (which needs every window's ``|z|``; with ``where="all"`` it deconvolves every window
+    with an estimate)."""
     threshold = job.model.card.min_defocus_um
-    selects = options.where == "auto" and threshold is not None
+    if job.method is not None:
+        threshold = threshold if options.where == "auto" else 0.0
+    selects = (options.where == "auto" or job.method is not None) and threshold is not None
     if options.where == "auto" and threshold is None:
         log.info("model %s has no min_defocus_um in its card: the network runs on every window", job.model.name)
     if not (selects or options.qc):
@@ -316,7 +354,9 @@ def focus(job: Job, options: RefocusOptions) -> Focus | None:
     log.info("defocus map of %s: %d regions in %.1f s (%s)", job.slide_path, dmap.defocus_um.size, dmap.seconds,
              dmap.method)
     selection = (select_windows(dmap, job.geometry.grid, level0_shape=job.slide.level_shapes[0][:2],
-                                threshold_um=threshold) if selects else None)
+                                threshold_um=threshold,
+                                min_confidence=job.model.card.min_confidence if options.where == "auto" else 0.0)
+                 if selects else None)
     return Focus(dmap, selection)
 
 
@@ -327,7 +367,8 @@ def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | No
     return build_plan(job.slide, job.model, job.geometry, session=link.session, skip=skip,
                       background=options.background,
                       refocus=None if selection is None else selection.refocus,
-                      focus=None if selection is None else selection.to_dict())
+                      focus=None if selection is None else selection.to_dict(),
+                      defocus=None if job.method is None else selection.window_median_um)
 
 
 def open_run_scratch(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *,
@@ -417,8 +458,10 @@ def parameters(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions)
         "jpeg_quality": options.jpeg_quality, "compression": options.compression,
         "skipped_windows": int(np.count_nonzero(plan.skip)) if plan.skip is not None else 0,
         "workers": job.workers if link.client is None else link.info.get("threads"),
-        "intra_op_threads": plan.session.intra_op_threads, "resume": options.resume, "scale": options.scale,
-        "background": options.background,
+        "intra_op_threads": getattr(plan.session, "intra_op_threads", None), "resume": options.resume,
+        "scale": options.scale, "background": options.background,
+        "method": "deepr" if job.method is None else "deconvolve",
+        **({} if job.method is None else {"deconvolution": job.method.to_dict()}),
     }
 
 

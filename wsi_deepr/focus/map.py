@@ -300,7 +300,7 @@ def resample_to_grid(dmap: DefocusMap, boxes: np.ndarray, *, reduce: str = "max"
         The map.
     boxes : numpy.ndarray
         ``(M, 4)`` ``x, y, width, height`` in level-0 pixels.
-    reduce : {"max", "mean", "min"}
+    reduce : {"max", "mean", "median", "min"}
         How to combine the map regions a box touches (NaN ignored).
     values : numpy.ndarray, optional
         Per-region values to combine; default ``dmap.defocus_um``.
@@ -310,7 +310,7 @@ def resample_to_grid(dmap: DefocusMap, boxes: np.ndarray, *, reduce: str = "max"
     numpy.ndarray
         ``(M,)`` float64; NaN where a box touches no region with a value.
     """
-    funcs = {"max": np.nanmax, "mean": np.nanmean, "min": np.nanmin}
+    funcs = {"max": np.nanmax, "mean": np.nanmean, "median": np.nanmedian, "min": np.nanmin}
     if reduce not in funcs:
         raise ValueError(f"reduce={reduce!r}: use one of {sorted(funcs)}")
     b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)

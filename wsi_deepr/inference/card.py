@@ -129,6 +129,23 @@ class ModelCard:
         return value if value >= 0 else None
 
     @property
+    def min_confidence(self) -> float:
+        """Defocus-map confidence below which a region does not send a window to the model.
+
+        Optional card key ``min_confidence`` (0-1, default 0), chosen with
+        ``benchmarks/unseen_eval.py`` (:func:`wsi_deepr.focus.select.select_windows`).
+        """
+        text = dict(self.extra).get("min_confidence")
+        if text is None:
+            return 0.0
+        try:
+            value = float(text)
+        except ValueError:
+            log.warning("ignoring the model card's min_confidence %r: expected a number in [0, 1]", text)
+            return 0.0
+        return value if 0 <= value <= 1 else 0.0
+
+    @property
     def preview(self) -> bool:
         """``True`` when the card says ``status = preview``: used only when asked for by name."""
         return dict(self.extra).get("status", "").strip().lower() == "preview"

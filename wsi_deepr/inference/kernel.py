@@ -27,7 +27,8 @@ from wsi_deepr.inference.session import SessionSpec, run_model
 from wsi_deepr.readers.slide import RegionReader
 from wsi_deepr.tiling.geometry import TileGrid, pad_reflect
 
-__all__ = ["ArrayReader", "Canvas", "assemble", "infer_windows", "read_padded", "refocus_array", "to_dtype"]
+__all__ = ["ArrayReader", "Canvas", "assemble", "infer_windows", "read_padded", "refocus_array", "restore",
+           "to_dtype"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def infer_windows(
     stats: NormStats,
     model_channels: int,
     skip: Sequence[bool] | None = None,
+    defocus: Sequence[float] | None = None,
 ) -> Canvas:
     """Run the model on windows ``(iy, ix0) ... (iy, ix1 - 1)`` and blend them.
 
@@ -82,14 +84,18 @@ def infer_windows(
         Window layout over that level.
     iy, ix0, ix1 : int
         Grid row and half-open range of grid columns.
-    session : SessionSpec or None
-        Model session to use; ``None`` only when every window is skipped.
+    session : SessionSpec, Deconvolution or None
+        Model session to use, or a non-blind method
+        (:class:`wsi_deepr.restore.Deconvolution`); ``None`` only when
+        every window is skipped.
     stats : NormStats
         Slide normalisation statistics.
     model_channels : int
         Channels the model takes (1 = run each channel separately).
     skip : sequence of bool, optional
         Per window: ``True`` passes the input through unchanged.
+    defocus : sequence of float, optional
+        Per window: the estimated ``|z|`` (µm) a non-blind method needs.
 
     Returns
     -------
@@ -112,7 +118,8 @@ def infer_windows(
         for j, k in enumerate(run):
             off = windows[k].read[1] - union[1]
             batch[j] = normed[:, :, off:off + t]
-        result = run_model(session, batch, model_channels=model_channels)
+        z = None if defocus is None else np.asarray([defocus[k] for k in run], dtype=np.float64)
+        result = restore(session, batch, model_channels=model_channels, defocus=z)
         outputs = dict(zip(run, result, strict=True))
 
     box = (windows[0].core[0], windows[0].core[1], windows[0].core[2], windows[-1].core[3])
@@ -130,6 +137,15 @@ def infer_windows(
         target = canvas[:, :, cx0:cx0 + core.shape[2]]
         target += core * wy * wx  # separable weights: their product sums to one
     return Canvas(box, canvas)
+
+
+def restore(session, batch: np.ndarray, *, model_channels: int, defocus: np.ndarray | None = None) -> np.ndarray:
+    """Run a network session, or a non-blind method with the windows' ``defocus``, on ``(N, C, H, W)``."""
+    if isinstance(session, SessionSpec):
+        return run_model(session, batch, model_channels=model_channels)
+    if defocus is None:
+        raise ValueError(f"{type(session).__name__} is non-blind: it needs each window's defocus estimate")
+    return session.run(batch, defocus)
 
 
 def assemble(box: tuple[int, int, int, int], canvases: Sequence[Canvas], *, stats: NormStats,
@@ -200,9 +216,10 @@ class ArrayReader:
 
 def refocus_array(
     image: np.ndarray,
-    model: str | os.PathLike | SessionSpec,
+    model: str | os.PathLike | SessionSpec | object,
     *,
     stats: NormStats,
+    defocus: float | np.ndarray | None = None,
     model_channels: int | None = None,
     tile: int | None = 512,
     halo: int = 0,
@@ -217,10 +234,14 @@ def refocus_array(
     ----------
     image : numpy.ndarray
         ``(Y, X, C)`` pixels.
-    model : path or SessionSpec
-        The ONNX model (a path is run with ``device`` and ``threads``).
+    model : path, SessionSpec or Deconvolution
+        The ONNX model (a path is run with ``device`` and ``threads``), or a
+        non-blind method (:class:`wsi_deepr.restore.Deconvolution`).
     stats : NormStats
         Normalisation (``NormStats.identity(C)`` for values already in model space).
+    defocus : float or numpy.ndarray, optional
+        For a non-blind method: one ``|z|`` (µm) for the whole image, or one
+        per window (the grid's shape).
     model_channels : int, optional
         Channels the model takes (1 = run each channel alone); default ``C``.
     tile : int or None
@@ -240,15 +261,20 @@ def refocus_array(
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"image must be (Y, X, C), got shape {image.shape}")
-    session = model if isinstance(model, SessionSpec) else SessionSpec(os.fspath(model), device, threads)
+    blind = isinstance(model, (str, os.PathLike, SessionSpec))
+    session = (model if not blind or isinstance(model, SessionSpec)
+               else SessionSpec(os.fspath(model), device, threads))
     channels = image.shape[2] if model_channels is None else int(model_channels)
     h, w, c = image.shape
     if tile is None:
         normed = _normalize_chw(image, stats)[None]
-        out = run_model(session, normed, model_channels=channels)[0]
+        z = None if defocus is None else np.full(1, float(np.asarray(defocus).reshape(-1)[0]))
+        out = restore(session, normed, model_channels=channels, defocus=z)[0]
         return assemble((0, 0, h, w), [Canvas((0, 0, h, w), out)], stats=stats, dtype=dtype, n_channels=c)
     grid = TileGrid((h, w), tile=tile, halo=halo, overlap=overlap)
     reader = ArrayReader(image)
+    z_grid = None if defocus is None else np.broadcast_to(np.asarray(defocus, dtype=np.float64), grid.grid_shape)
     rows = [infer_windows(reader, 0, grid, iy, 0, grid.grid_shape[1], session=session, stats=stats,
-                          model_channels=channels) for iy in range(grid.grid_shape[0])]
+                          model_channels=channels, defocus=None if z_grid is None else z_grid[iy])
+            for iy in range(grid.grid_shape[0])]
     return assemble((0, 0, h, w), rows, stats=stats, dtype=dtype, n_channels=c)

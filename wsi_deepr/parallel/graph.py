@@ -80,10 +80,11 @@ def _graph(plan: RefocusPlan, token: str, blocks: list[tuple[int, int]]):
             a, b = bx * plan.batch, min((bx + 1) * plan.batch, nx)
             row_skip = tuple(bool(v) for v in skip[by, a:b])
             session = None if all(row_skip) else plan.session
+            row_z = None if plan.defocus is None else tuple(float(v) for v in plan.defocus[by, a:b])
             wait = (by - 1, min(bx + 1, nbx - 1))
             dsk[key] = (
                 _infer_task, plan.reader, plan.level, grid, by, a, b, session, plan.stats,
-                plan.model_channels, row_skip, (merge_name, *wait) if wait in wanted else None,
+                plan.model_channels, row_skip, row_z, (merge_name, *wait) if wait in wanted else None,
             )
         return key
 
@@ -110,9 +111,9 @@ def _graph(plan: RefocusPlan, token: str, blocks: list[tuple[int, int]]):
     return dsk, keys, out_name
 
 
-def _infer_task(reader, level, grid, iy, a, b, session, stats, model_channels, skip, _after=None):
+def _infer_task(reader, level, grid, iy, a, b, session, stats, model_channels, skip, defocus, _after=None):
     return infer_windows(reader, level, grid, iy, a, b, session=session, stats=stats,
-                         model_channels=model_channels, skip=skip)
+                         model_channels=model_channels, skip=skip, defocus=defocus)
 
 
 def _tails_task(box, canvas):

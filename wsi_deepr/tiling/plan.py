@@ -83,6 +83,10 @@ class RefocusPlan:
         Which windows the defocus map sent to the network
         (:meth:`wsi_deepr.focus.select.FocusSelection.to_dict`), or ``None``
         when every window with tissue runs (``--where all``, or no threshold).
+    defocus : numpy.ndarray or None
+        ``grid.grid_shape`` estimated ``|z|`` (µm) of every window, for a
+        non-blind method (:class:`wsi_deepr.restore.Deconvolution`); ``None``
+        for a network, which is blind.
     """
 
     reader: RegionReader
@@ -98,6 +102,7 @@ class RefocusPlan:
     scale: ScaleDecision | None = None
     background: dict | None = None
     focus: dict | None = None
+    defocus: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -305,14 +310,16 @@ def slide_stats(slide: Slide, model: ModelInfo) -> NormStats:
 
 def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *, session: SessionSpec,
                skip: np.ndarray | None = None, background: str = "auto",
-               refocus: np.ndarray | None = None, focus: dict | None = None) -> RefocusPlan:
+               refocus: np.ndarray | None = None, focus: dict | None = None,
+               defocus: np.ndarray | None = None) -> RefocusPlan:
     """The :class:`RefocusPlan`: ``geometry`` with the slide statistics, the skip mask and the session.
 
     ``skip`` (a boolean window-grid mask) wins over everything else; without
     it, ``background`` decides whether blank glass is found and passed
     through (:func:`detects_background`), and windows outside ``refocus`` (a
     boolean window-grid mask from the defocus map, summarised by ``focus``)
-    are passed through as well.
+    are passed through as well.  ``defocus`` (window-grid ``|z|``) goes to
+    a non-blind method.
     """
     stats = slide_stats(slide, model)
     found = None
@@ -329,6 +336,7 @@ def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *, session: S
         session=session, model_channels=model.card.channels, stats=stats, dtype=slide.dtype,
         skip=geometry.grid.check_mask(skip), batch=geometry.batch, scale=geometry.scale,
         background=None if found is None else found.to_dict(), focus=focus,
+        defocus=None if defocus is None else np.asarray(defocus, dtype=np.float64).reshape(geometry.grid.grid_shape),
     )
 
 

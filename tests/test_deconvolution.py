@@ -1,0 +1,123 @@
+"""Non-blind refocusing: Richardson-Lucy with the defocus PSF the defocus map estimates (wsi_deepr.restore)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.metrics import structural_similarity
+
+from wsi_deepr import refocus
+from wsi_deepr.errors import ModelNotFoundError, OptionError
+from wsi_deepr.inference.kernel import refocus_array
+from wsi_deepr.inference.normalization import compute_stats
+from wsi_deepr.options import RefocusOptions
+from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
+from wsi_deepr.readers.slide import Modality
+from wsi_deepr.restore import METHOD_NAME, Deconvolution, physics_model
+from wsi_deepr.testing import DefocusRegion, write_layout_slide
+
+from .conftest import shared_path
+
+SETTING = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
+
+
+@pytest.fixture(scope="module")
+def ihc() -> np.ndarray:
+    """The real in-focus IHC image as intensities in [0, 1], (Y, X, 3)."""
+    import skimage.io
+
+    return np.asarray(skimage.io.imread(shared_path("images", "ihc.png")))[..., :3].astype(np.float64) / 255.0
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, margin: int = 24) -> float:
+    sl = (slice(margin, -margin), slice(margin, -margin))
+    return structural_similarity(np.clip(a[sl], 0, 1), np.clip(b[sl], 0, 1), data_range=1.0, channel_axis=-1,
+                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def test_deconvolving_with_the_true_defocus_brings_a_real_image_closer_to_focus(ihc) -> None:
+    crop = ihc[:256, :256]
+    truth, blurred = defocus(crop, SETTING, 0.0), defocus(crop, SETTING, 4.0)
+    spec = Deconvolution(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5, shrink=1.0)
+    out = spec.run(_chw(blurred), np.array([4.0]))[0].transpose(1, 2, 0)
+    before, after = _ssim(blurred, truth), _ssim(out, truth)
+    assert after > before + 0.03, (before, after)
+
+
+def test_windows_without_an_estimate_or_below_a_step_come_back_bit_for_bit(ihc) -> None:
+    spec = Deconvolution(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
+    batch = np.concatenate([_chw(ihc[:64, :64]), _chw(ihc[64:128, :64]), _chw(ihc[:64, 64:128])])
+    out = spec.run(batch, np.array([np.nan, 0.1, 3.0]))
+    np.testing.assert_array_equal(out[:2], batch[:2])
+    assert not np.array_equal(out[2], batch[2])
+    with pytest.raises(ValueError, match="3 windows but 2 defocus values"):
+        spec.run(batch, np.array([1.0, 2.0]))
+
+
+def test_the_estimate_is_shrunk_capped_and_rounded() -> None:
+    spec = Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, shrink=0.8, max_defocus_um=6.0)
+    assert spec.defocus_used(5.0) == 4.0
+    assert spec.defocus_used(20.0) == 6.0
+    assert spec.defocus_used(1.0) == 0.75  # 0.8 rounded to the 0.25-µm step
+    with pytest.raises(ValueError, match="iterations=0"):
+        Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, iterations=0)
+
+
+def test_tiled_deconvolution_matches_the_whole_image_within_two_levels(ihc) -> None:
+    """The card's halo keeps tiles within the budget of a network (<= 2 levels of 8 bits)."""
+    image = np.clip(np.rint(defocus(ihc[:384, :384], SETTING, 4.0) * 255), 0, 255).astype(np.uint8)
+    info, spec = physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5)
+    stats = compute_stats(info.card.normalization, image.reshape(-1, 3), dtype=np.uint8, source="test")
+    whole = refocus_array(image, spec, stats=stats, defocus=4.0, tile=None, dtype=np.uint8)
+    tiled = refocus_array(image, spec, stats=stats, defocus=4.0, tile=256, halo=info.card.halo, overlap=16,
+                          dtype=np.uint8)
+    diff = np.abs(whole.astype(int) - tiled.astype(int))
+    m = info.card.halo  # the image border is reflected differently by the two
+    assert diff[m:-m, m:-m].max() <= 2, diff[m:-m, m:-m].max()
+
+
+def test_method_options_are_checked_before_any_slide_is_read() -> None:
+    with pytest.raises(OptionError, match="method='deconvolve' uses none"):
+        RefocusOptions(method="deconvolve", model="deepr-fluorescence")
+    with pytest.raises(OptionError, match="method='wiener'"):
+        RefocusOptions(method="wiener")
+
+
+@pytest.mark.slow
+def test_brightfield_default_deconvolves_only_the_defocused_region(tmp_path, ihc) -> None:
+    """No --model, no --method on a brightfield slide: the physics method, gated by the defocus map."""
+    # the image's bottom-right corner (a patch of glass) reads 1.8 µm: left out
+    rgb = np.clip(np.rint(np.tile(ihc[:384, :384], (3, 3, 1))[:1024, :1024] * 255), 0, 255).astype(np.uint8)
+    slide = write_layout_slide(rgb, tmp_path / "bf.tif", regions=[DefocusRegion(0, 0, 512, 1024, 4.0)])
+    truth = write_layout_slide(rgb, tmp_path / "truth.tif")
+    result = refocus(slide, tmp_path / "out.ome.tif", workers=2, compression="zlib")
+    record = json.loads((tmp_path / "out.ome.tif.json").read_text())
+    assert record["model"] == METHOD_NAME and record["parameters"]["method"] == "deconvolve"
+    assert 0 < record["focus"]["refocused_windows"] < record["focus"]["windows"]
+    out = tifffile.imread(result.output)
+    inp, ref = tifffile.imread(slide), tifffile.imread(truth)
+    top = (slice(0, 448), slice(None))
+    before = _ssim(inp[top] / 255.0, ref[top] / 255.0)
+    after = _ssim(out[top] / 255.0, ref[top] / 255.0)
+    assert after > before + 0.02, (before, after)
+    # the in-focus half far from the defocused one is passed through bit for bit
+    np.testing.assert_array_equal(out[800:], inp[800:])
+
+
+def test_method_deepr_still_names_the_brightfield_preview_when_no_network_is_released(tmp_path) -> None:
+    from wsi_deepr.inference.registry import list_models
+
+    if any(m.card.modality is Modality.BRIGHTFIELD and not m.card.preview for m in list_models()):
+        pytest.skip("a released brightfield network is installed")
+    rgb = np.full((64, 64, 3), 200, np.uint8)
+    slide = tmp_path / "bf.tif"
+    tifffile.imwrite(slide, rgb, photometric="rgb")
+    with pytest.raises(ModelNotFoundError, match="no default brightfield model"):
+        refocus(slide, tmp_path / "out.ome.tif", method="deepr")
