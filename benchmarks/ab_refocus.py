@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--other", type=Path, required=True, help="the other checkout (its root folder)")
     p.add_argument("--slide", type=Path, default=SHARED / "slides" / "CMU-1-Small-Region.svs")
     p.add_argument("--model", type=Path, default=None,
-                   help="ONNX model [default: the other checkout's deepr-brightfield-preview.onnx]")
+                   help="ONNX model [default: the other checkout's deepr-brightfield.onnx, or its older name "
+                        "deepr-brightfield-preview.onnx]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--this-args", nargs="*", default=["--where", "all"],
                    help="extra options for this checkout (default: --where all, the behaviour the other had)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    model = args.model or args.other / "wsi_deepr" / "models" / "deepr-brightfield-preview.onnx"
+    shipped = args.other / "wsi_deepr" / "models"
+    model = args.model or next((shipped / n for n in ("deepr-brightfield.onnx", "deepr-brightfield-preview.onnx")
+                                if (shipped / n).exists()), shipped / "deepr-brightfield.onnx")
     times: dict[str, list[float]] = {"this": [], "other": []}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.ome.tif"

@@ -34,8 +34,8 @@
 #                  'onnxruntime-gpu[cuda,cudnn]' brings the CUDA 12 / cuDNN 9
 #                  runtime as wheels where the machine lacks them (their lib
 #                  folders are put on LD_LIBRARY_PATH)
-#   BF_MODEL       model of brightfield slides [deepr-brightfield-preview: the
-#                  shipped one, which must be named while it is a preview]
+#   BF_MODEL       model of brightfield slides [deepr-brightfield: the
+#                  shipped default network]
 #   FL_MODEL       model of fluorescence slides [the default one]
 #   OUT            folder for gpu_check.json and the logs
 set -euo pipefail
@@ -109,7 +109,7 @@ else  # an interpreter without the console script: call the click entry point
     WSI=("$PY" -c "import sys; from wsi_deepr.cli import main; sys.argv[0] = 'wsi-deepr'; main()")
 fi
 
-BF_MODEL="${BF_MODEL-deepr-brightfield-preview}"
+BF_MODEL="${BF_MODEL-deepr-brightfield}"
 FL_MODEL="${FL_MODEL-}"
 model_args() {  # model_args SLIDE: the --model option for the slide's modality
     local modality

@@ -24,7 +24,7 @@ Variants (``--variants``):
 
 Usage (from the repository root)::
 
-    python benchmarks/quantization.py --dataset PAIRS.zarr [--model deepr-brightfield-preview]
+    python benchmarks/quantization.py --dataset PAIRS.zarr [--model deepr-brightfield]
         [--smear ../shared/data/stacks/smear-brightfield] [--max-samples 200] [--json out.json]
 
 Needs ``onnx`` (the ``train`` extra).  Creates ``/tmp/wd/QUIET`` while timing.
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_deepr.inference.registry import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deepr-brightfield-preview")
+    p.add_argument("--model", default="deepr-brightfield")
     p.add_argument("--dataset", type=Path, required=True, help="pair dataset (calibration: train; quality: val)")
     p.add_argument("--smear", type=Path, default=SMEAR)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_deepr.inference.registry import resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deepr-brightfield-preview")
+    p.add_argument("--model", default="deepr-brightfield")
     p.add_argument("--slide", type=Path, default=SLIDE)
     p.add_argument("--size", type=int, default=1536, help="side of the crop (from the slide's centre)")
     p.add_argument("--pairs", nargs="+", default=["88:88", "88:32", "88:16", "88:0", "64:16", "48:16", "32:16"],

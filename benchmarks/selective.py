@@ -10,7 +10,7 @@ ran the network on.
 
 Usage::
 
-    python benchmarks/selective.py [--model deepr-brightfield-preview] [--share 0.2] [--z 3] [--tiles 2]
+    python benchmarks/selective.py [--model deepr-brightfield] [--share 0.2] [--z 3] [--tiles 2]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def layout(tmp: Path, *, share: float, z_um: float, tiles: int) -> tuple[Path, f
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deepr-brightfield-preview")
+    p.add_argument("--model", default="deepr-brightfield")
     p.add_argument("--share", type=float, default=0.2, help="share of the tissue defocused")
     p.add_argument("--z", type=float, default=3.0, help="defocus of that tissue, µm")
     p.add_argument("--tiles", type=int, default=2, help="mosaic of CMU-1-Small-Region, tiles per side")

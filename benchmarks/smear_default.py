@@ -13,7 +13,7 @@ plane loses more than 0.002.
 
 Usage (from the repository root)::
 
-    python benchmarks/smear_default.py [--subject auto] [--subject deepr-brightfield-preview] [--json out.json]
+    python benchmarks/smear_default.py [--subject auto] [--subject deepr-brightfield] [--json out.json]
 """
 
 from __future__ import annotations

@@ -91,13 +91,13 @@ def test_method_options_are_checked_before_any_slide_is_read() -> None:
 
 
 @pytest.mark.slow
-def test_brightfield_default_deconvolves_only_the_defocused_region(tmp_path, ihc) -> None:
-    """No --model, no --method on a brightfield slide: the physics method, gated by the defocus map."""
+def test_method_deconvolve_refocuses_only_the_defocused_region(tmp_path, ihc) -> None:
+    """--method deconvolve on a brightfield slide: the physics method, gated by the defocus map."""
     # the image's bottom-right corner (a patch of glass) reads 1.8 µm: left out
     rgb = np.clip(np.rint(np.tile(ihc[:384, :384], (3, 3, 1))[:1024, :1024] * 255), 0, 255).astype(np.uint8)
     slide = write_layout_slide(rgb, tmp_path / "bf.tif", regions=[DefocusRegion(0, 0, 512, 1024, 4.0)])
     truth = write_layout_slide(rgb, tmp_path / "truth.tif")
-    result = refocus(slide, tmp_path / "out.ome.tif", workers=2, compression="zlib")
+    result = refocus(slide, tmp_path / "out.ome.tif", workers=2, compression="zlib", method="deconvolve")
     record = json.loads((tmp_path / "out.ome.tif.json").read_text())
     assert record["model"] == METHOD_NAME and record["parameters"]["method"] == "deconvolve"
     assert 0 < record["focus"]["refocused_windows"] < record["focus"]["windows"]
@@ -111,13 +111,38 @@ def test_brightfield_default_deconvolves_only_the_defocused_region(tmp_path, ihc
     np.testing.assert_array_equal(out[800:], inp[800:])
 
 
-def test_method_deepr_still_names_the_brightfield_preview_when_no_network_is_released(tmp_path) -> None:
-    from wsi_deepr.inference.registry import list_models
+def _slide(path, pixels: np.ndarray):
+    from wsi_deepr import open_slide
 
-    if any(m.card.modality is Modality.BRIGHTFIELD and not m.card.preview for m in list_models()):
-        pytest.skip("a released brightfield network is installed")
-    rgb = np.full((64, 64, 3), 200, np.uint8)
-    slide = tmp_path / "bf.tif"
-    tifffile.imwrite(slide, rgb, photometric="rgb")
+    tifffile.imwrite(path, pixels, photometric="rgb" if pixels.ndim == 3 else "minisblack")
+    return open_slide(path)
+
+
+def test_auto_runs_the_brightfield_network_and_deconvolves_fluorescence(tmp_path) -> None:
+    from wsi_deepr.stages import choose_method
+
+    bright = _slide(tmp_path / "bf.tif", np.full((64, 64, 3), 200, np.uint8))
+    fluo = _slide(tmp_path / "fl.tif", np.full((64, 64), 200, np.uint16))
+    auto = RefocusOptions()
+    model, method = choose_method(auto, bright)
+    assert method is None and model.name == "deepr-brightfield" and model.card.modality is Modality.BRIGHTFIELD
+    model, method = choose_method(auto, fluo)
+    assert model.name == METHOD_NAME and isinstance(method, Deconvolution) and method.wavelengths_um == (0.52,)
+    assert model.card.min_confidence == 0.45 and model.card.normalization == "range"
+    # --method deepr runs the fluorescence network; --model runs the named one with method auto
+    assert choose_method(RefocusOptions(method="deepr"), fluo)[0].name == "deepr-fluorescence"
+    assert choose_method(RefocusOptions(model="deepr-fluorescence"), fluo)[1] is None
+    model, method = choose_method(RefocusOptions(method="deconvolve"), bright)
+    assert method.wavelengths_um == BRIGHTFIELD_WAVELENGTHS_UM and model.card.channels == 3
+
+
+def test_method_deepr_without_a_network_of_the_modality_says_what_to_install(tmp_path, monkeypatch) -> None:
+    from wsi_deepr.inference import registry
+    from wsi_deepr.stages import choose_method
+
+    monkeypatch.setattr(registry, "list_models", lambda: [])
+    bright = _slide(tmp_path / "bf.tif", np.full((64, 64, 3), 200, np.uint8))
     with pytest.raises(ModelNotFoundError, match="no default brightfield model"):
-        refocus(slide, tmp_path / "out.ome.tif", method="deepr")
+        choose_method(RefocusOptions(method="deepr"), bright)
+    # auto falls back to deconvolution, which needs no model file
+    assert choose_method(RefocusOptions(), bright)[0].name == METHOD_NAME

@@ -179,8 +179,10 @@ def refocus(
         ``"deepr"``: the network (``model`` or the modality's default).
         ``"deconvolve"``: Richardson-Lucy with the defocus PSF the defocus
         map estimates per window (:mod:`wsi_deepr.restore`), at the scan's
-        pixel size.  ``"auto"``: the modality's default network, else
-        deconvolution (brightfield: no default network is shipped).
+        pixel size.  ``"auto"``: the method measured best for the slide's
+        modality (:data:`wsi_deepr.stages.AUTO_METHOD`: the network for
+        brightfield, deconvolution for fluorescence).  ``model`` always runs
+        that network.
     qc : bool
         Also write the focus QC report (``<stem>.focus.json/.png/.html``)
         beside the output, with before/after crops of the worst regions.

@@ -26,7 +26,7 @@ __all__ = ["BACKGROUND_MODES", "COMPRESSIONS", "DEVICES", "FORMATS", "METHODS", 
 
 MODALITIES = ("auto", "brightfield", "fluorescence")
 #: how windows are refocused: the Deep-R network (blind), Richardson-Lucy with the estimated PSF
-#: (non-blind), or ``auto``: the modality's default network, deconvolution where none is installed
+#: (non-blind), or ``auto``: the one measured best for the modality (:data:`wsi_deepr.stages.AUTO_METHOD`)
 METHODS = ("auto", "deepr", "deconvolve")
 DEVICES = ("auto", "cpu", "cuda")
 SCALE_MODES = ("auto", "native")
@@ -67,8 +67,9 @@ class RefocusOptions:
                                       "the modality].", metavar="NAME|PATH")
     method: str = _option("auto", "'deepr': the Deep-R network (blind; --model or the modality's default). "
                                   "'deconvolve': Richardson-Lucy with the defocus PSF the defocus map estimates for "
-                                  "each window (non-blind physics, at the scan's pixel size). 'auto': the modality's "
-                                  "default network, deconvolution where none is installed (brightfield today).",
+                                  "each window (non-blind physics, at the scan's pixel size). 'auto': the one that "
+                                  "measured best on unseen sources: the network for brightfield, deconvolution for "
+                                  "fluorescence. --model NAME|PATH runs that network.",
                           choices=METHODS)
     modality: str = _option("auto", "Override the detected modality.", choices=MODALITIES)
     device: str = _option("auto", "ONNX Runtime execution provider; 'cuda' fails if CUDA is not usable.",
@@ -122,7 +123,7 @@ class RefocusOptions:
             if not isinstance(value, str) or value.lower() not in allowed:
                 raise OptionError(f"{name}={value!r}: use one of {', '.join(allowed)}")
             object.__setattr__(self, name, value.lower())
-        if self.method == "deconvolve" and self.model is not None:
+        if self.method == "deconvolve" and self.model is not None:  # --model with auto runs the network
             raise OptionError(f"model={self.model!r} names a network but method='deconvolve' uses none: drop "
                               "--model, or pass --method deepr to run that network")
         object.__setattr__(self, "tile", _tile(self.tile))

@@ -78,6 +78,10 @@ log = logging.getLogger(__name__)
 
 #: what the provenance records as the "provider" of the non-blind method
 METHOD_PROVIDER = "numpy (scikit-image)"
+#: ``method="auto"``: what refocuses each modality, by ``benchmarks/unseen_eval.py --unseen`` (README,
+#: *Refocusing methods*): the brightfield network gains more than deconvolution there; on fluorescence
+#: deconvolution with the estimated PSF beats the fluorescence network at every defocus
+AUTO_METHOD = {Modality.BRIGHTFIELD: "deepr", Modality.FLUORESCENCE: "deconvolve"}
 
 #: names of Dask's local schedulers accepted for ``scheduler``
 LOCAL_SCHEDULERS = ("threads", "sync", "synchronous", "single-threaded")
@@ -274,16 +278,20 @@ def prepare(slide_path: str | os.PathLike, output: str | os.PathLike | None, opt
 def choose_method(options: RefocusOptions, slide: Slide) -> tuple[ModelInfo, Deconvolution | None]:
     """The network (``method=None``) or the non-blind method that refocuses ``slide``, with its card.
 
-    ``auto`` runs the modality's default network; where none is installed
-    (brightfield: the shipped brightfield network is a preview) it runs
-    Richardson-Lucy with the estimated PSF (:mod:`wsi_deepr.restore`).
+    ``auto`` takes :data:`AUTO_METHOD` of the slide's modality, the method
+    that measured best on unseen sources (README, *Refocusing methods*); the
+    network falls back to deconvolution when no default network of the
+    modality is installed.  ``--model`` always runs that network.
     """
-    if options.method == "deepr" or options.model is not None:
+    if options.model is not None:
         return resolve_model(options.model, modality=slide.modality), None
-    if options.method == "auto":
+    method = AUTO_METHOD[slide.modality] if options.method == "auto" else options.method
+    if method == "deepr":
         try:
             return resolve_model(None, modality=slide.modality), None
         except ModelNotFoundError as exc:
+            if options.method == "deepr":
+                raise
             log.info("no default %s network (%s): refocusing by deconvolution with the estimated PSF",
                      slide.modality.value, str(exc).split(";")[0])
     from wsi_deepr.restore import physics_model

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 #: The name the method runs under (``--method deconvolve``; provenance ``model``).
 METHOD_NAME = "rl-deconvolution"
-#: Defocus below which the method leaves a window as it is (µm), as for a network's ``min_defocus_um``.
-MIN_DEFOCUS_UM = 1.5
+#: Defocus below which the method leaves a window as it is (µm), per modality, as a network card's
+#: ``min_defocus_um`` (chosen with benchmarks/unseen_eval.py)
+MIN_DEFOCUS_UM = {Modality.BRIGHTFIELD: 1.5, Modality.FLUORESCENCE: 2.0}
 #: Defocus-map confidence a region needs to send a window to the method, per modality (as a card's
 #: ``min_confidence``; chosen with benchmarks/unseen_eval.py: smooth in-focus fluorescence reads as
 #: defocus, with low confidence)
@@ -208,7 +209,7 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None,
                      f"window's estimated |z| x {shrink:g} (NA {spec.na:g}, {pixel:g} µm/px), at the scan's "
                      "pixel size"),
         extra=(("kind", "deconvolution"), ("min_confidence", f"{MIN_CONFIDENCE[modality]:g}"),
-               ("min_defocus_um", f"{MIN_DEFOCUS_UM:g}")))
+               ("min_defocus_um", f"{MIN_DEFOCUS_UM[modality]:g}")))
     digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
     info = ModelInfo(path=Path(__file__), name=METHOD_NAME, card=card, sha256=digest,
                      input_name="", output_name="")
