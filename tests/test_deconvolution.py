@@ -146,3 +146,47 @@ def test_method_deepr_without_a_network_of_the_modality_says_what_to_install(tmp
         choose_method(RefocusOptions(method="deepr"), bright)
     # auto falls back to deconvolution, which needs no model file
     assert choose_method(RefocusOptions(), bright)[0].name == METHOD_NAME
+
+
+def test_handoff_runs_the_network_near_and_deconvolves_far(ihc, model_factory) -> None:
+    from wsi_deepr.inference.session import SessionSpec, run_model
+    from wsi_deepr.restore import Handoff
+    from wsi_deepr.testing import default_card
+
+    path = model_factory("handoff-net", default_card(normalization="range", min_defocus_um="1.5"))
+    network = SessionSpec(str(path), "cpu", 1)
+    physics = Deconvolution(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
+    handoff = Handoff(network, physics, beyond_um=6.0)
+    batch = np.concatenate([_chw(ihc[:96, :96]), _chw(ihc[96:192, :96]), _chw(ihc[:96, 96:192])])
+    z = np.array([3.0, 7.0, np.nan])
+    out = handoff.run(batch, z, model_channels=3)
+    np.testing.assert_allclose(out[[0, 2]], run_model(network, batch[[0, 2]], model_channels=3), atol=1e-5)
+    np.testing.assert_array_equal(out[1], physics.run(batch[1:2], z[1:2])[0])
+    # without estimates (--where all with a network) every window goes to the network
+    np.testing.assert_allclose(handoff.run(batch, None, model_channels=3), run_model(network, batch, model_channels=3),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="beyond_um=0"):
+        Handoff(network, physics, beyond_um=0)
+
+
+@pytest.mark.slow
+def test_a_card_with_deconvolve_beyond_hands_far_windows_to_deconvolution(tmp_path, ihc, model_factory) -> None:
+    from wsi_deepr.testing import default_card
+
+    path = model_factory("handoff-card", default_card(normalization="range", halo="56", min_defocus_um="1.5",
+                                                      deconvolve_beyond_um="6"))
+    rgb = np.clip(np.rint(np.tile(ihc[:384, :384], (3, 3, 1))[:1024, :1024] * 255), 0, 255).astype(np.uint8)
+    slide = write_layout_slide(rgb, tmp_path / "bf.tif", regions=[DefocusRegion(0, 0, 512, 1024, 8.0)])
+    refocus(slide, tmp_path / "out.ome.tif", model=path, workers=2, compression="zlib")
+    record = json.loads((tmp_path / "out.ome.tif.json").read_text())
+    assert record["parameters"]["method"] == "deepr"
+    handoff = record["parameters"]["handoff"]
+    assert handoff["deconvolve_beyond_um"] == 6.0 and handoff["method"] == METHOD_NAME
+    assert handoff["pixel_size_um"] == 0.5 and handoff["na"] == 0.75
+    # the same model without the key: the network alone, a different output where the map reads > 6 µm
+    plain = model_factory("handoff-card", default_card(normalization="range", halo="56", min_defocus_um="1.5"))
+    refocus(slide, tmp_path / "plain.ome.tif", model=plain, workers=2, compression="zlib")
+    assert "handoff" not in json.loads((tmp_path / "plain.ome.tif.json").read_text())["parameters"]
+    a, b = tifffile.imread(tmp_path / "out.ome.tif"), tifffile.imread(tmp_path / "plain.ome.tif")
+    assert not np.array_equal(a[:400], b[:400])
+    np.testing.assert_array_equal(a[800:], b[800:])  # in focus: passed through by both

@@ -53,7 +53,7 @@ from wsi_deepr.inference.session import SessionSpec, active_provider, get_sessio
 from wsi_deepr.options import RefocusOptions
 from wsi_deepr.readers import open_slide
 from wsi_deepr.readers.slide import Modality, Slide
-from wsi_deepr.restore import Deconvolution
+from wsi_deepr.restore import Deconvolution, Handoff
 from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_path, to_annotations, write_sidecar
 from wsi_deepr.runsafe.resume import (
     Scratch,
@@ -372,11 +372,33 @@ def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | No
          focus: Focus | None = None) -> RefocusPlan:
     """The slide statistics and the windows passed through, with the session: the run's plan."""
     selection = None if focus is None else focus.selection
-    return build_plan(job.slide, job.model, job.geometry, session=link.session, skip=skip,
+    session, defocus = link.session, None
+    if selection is not None and job.method is not None:
+        defocus = selection.window_median_um
+    elif selection is not None and (handoff := _handoff(job, link.session)) is not None:
+        session, defocus = handoff, selection.window_median_um
+    return build_plan(job.slide, job.model, job.geometry, session=session, skip=skip,
                       background=options.background,
                       refocus=None if selection is None else selection.refocus,
-                      focus=None if selection is None else selection.to_dict(),
-                      defocus=None if job.method is None else selection.window_median_um)
+                      focus=None if selection is None else selection.to_dict(), defocus=defocus)
+
+
+def _handoff(job: Job, session: SessionSpec) -> Handoff | None:
+    """The network with deconvolution past its card's ``deconvolve_beyond_um`` (``range`` cards only)."""
+    beyond = job.model.card.deconvolve_beyond_um
+    if beyond is None:
+        return None
+    if job.model.card.normalization != "range":
+        log.warning("model %s: deconvolve_beyond_um needs a 'range' normalisation (intensities); its card has %r, "
+                    "so the network runs on every window", job.model.name, job.model.card.normalization)
+        return None
+    from wsi_deepr.restore import physics_model
+
+    level0 = None if job.slide.mpp is None else float(np.mean(job.slide.mpp))
+    processing = output_mpp(job.slide, job.geometry.scale)
+    _, physics = physics_model(job.slide.modality, n_channels=job.slide.n_channels, mpp=level0,
+                               pixel_size_um=None if processing is None else float(np.mean(processing)))
+    return Handoff(session, physics, beyond)
 
 
 def open_run_scratch(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *,
@@ -470,6 +492,7 @@ def parameters(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions)
         "scale": options.scale, "background": options.background,
         "method": "deepr" if job.method is None else "deconvolve",
         **({} if job.method is None else {"deconvolution": job.method.to_dict()}),
+        **({"handoff": plan.session.to_dict()} if isinstance(plan.session, Handoff) else {}),
     }
 
 

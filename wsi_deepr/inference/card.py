@@ -146,6 +146,24 @@ class ModelCard:
         return value if 0 <= value <= 1 else 0.0
 
     @property
+    def deconvolve_beyond_um(self) -> float | None:
+        """Estimated defocus (µm) past which windows go to deconvolution instead of the model.
+
+        Optional card key ``deconvolve_beyond_um`` (:class:`wsi_deepr.restore.Handoff`):
+        beyond its training range a network stops helping.  ``None``: the
+        model runs on every window the defocus map sends on.
+        """
+        text = dict(self.extra).get("deconvolve_beyond_um")
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            log.warning("ignoring the model card's deconvolve_beyond_um %r: expected a number of µm", text)
+            return None
+        return value if value > 0 else None
+
+    @property
     def preview(self) -> bool:
         """``True`` when the card says ``status = preview``: used only when asked for by name."""
         return dict(self.extra).get("status", "").strip().lower() == "preview"

@@ -140,9 +140,16 @@ def infer_windows(
 
 
 def restore(session, batch: np.ndarray, *, model_channels: int, defocus: np.ndarray | None = None) -> np.ndarray:
-    """Run a network session, or a non-blind method with the windows' ``defocus``, on ``(N, C, H, W)``."""
+    """Run a network session, a non-blind method or a hand-off with the windows' ``defocus`` on ``(N, C, H, W)``.
+
+    ``session``: a :class:`SessionSpec`, a :class:`wsi_deepr.restore.Deconvolution`
+    (needs ``defocus``) or a :class:`wsi_deepr.restore.Handoff` (without
+    ``defocus`` every window goes to its network).
+    """
     if isinstance(session, SessionSpec):
         return run_model(session, batch, model_channels=model_channels)
+    if hasattr(session, "network"):  # Handoff
+        return session.run(batch, defocus, model_channels=model_channels)
     if defocus is None:
         raise ValueError(f"{type(session).__name__} is non-blind: it needs each window's defocus estimate")
     return session.run(batch, defocus)

@@ -171,7 +171,7 @@ def _kernels(spec: Deconvolution, channels: int, z_um: float) -> tuple[np.ndarra
     return tuple(out)
 
 
-def physics_model(modality: Modality, *, n_channels: int, mpp: float | None,
+def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pixel_size_um: float | None = None,
                   iterations: int = 10, shrink: float = 0.8, max_defocus_um: float = 8.0) -> tuple[ModelInfo,
                                                                                                    Deconvolution]:
     """The method for a slide, and its card as a :class:`ModelInfo` the pipeline plans with.
@@ -185,7 +185,11 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None,
     n_channels : int
         Channels of the slide.
     mpp : float or None
-        Level-0 µm/px of the slide (``None``: 0.5 assumed, as the defocus map does).
+        Level-0 µm/px of the slide (``None``: 0.5 assumed, as the defocus map
+        does); the NA is assumed from it.
+    pixel_size_um : float, optional
+        µm/px of the windows when they are not level 0 (a network's
+        processing scale, :class:`~wsi_deepr.restore.Handoff`); default ``mpp``.
     iterations, shrink, max_defocus_um
         See :class:`Deconvolution`.
     """
@@ -193,10 +197,11 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None,
     from wsi_deepr.focus.estimate import na_prior
     from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM
 
-    pixel = float(mpp) if mpp else 0.5
+    level0 = float(mpp) if mpp else 0.5
+    pixel = float(pixel_size_um) if pixel_size_um else level0
     rgb = modality is Modality.BRIGHTFIELD and n_channels == 3
     wavelengths = tuple(BRIGHTFIELD_WAVELENGTHS_UM) if rgb else (FLUORESCENCE_WAVELENGTH_UM,)
-    spec = Deconvolution(na=na_prior(pixel), wavelengths_um=wavelengths, pixel_size_um=pixel,
+    spec = Deconvolution(na=na_prior(level0), wavelengths_um=wavelengths, pixel_size_um=pixel,
                          iterations=iterations, shrink=shrink, max_defocus_um=max_defocus_um)
     # RL's influence grows with the iterations; twice the PSF radius keeps tiles
     # within the error budget measured in benchmarks/seams.py (README)
