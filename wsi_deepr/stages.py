@@ -1,8 +1,9 @@
 """The stages of one refocusing run, in the order :func:`wsi_deepr.api.refocus` runs them.
 
 1. :func:`prepare` — open the slide, check the output path, resolve the
-   model or the non-blind method (:func:`choose_method`), and check every option against them (channels, the halo against the
-   window size, JPEG for a non-RGB slide, the scheduler's name).  Cheap: no
+   model or the non-blind method (:func:`choose_method`), and check every
+   option against them (channels, the halo against the window size, JPEG for
+   a non-RGB slide, the scheduler's name).  Cheap: no
    model session, no lock, no scratch.  Gives a :class:`Job`.
 2. the output lock is taken, and :func:`claim` tidies what a killed run of the
    same output left;

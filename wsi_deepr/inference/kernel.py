@@ -148,11 +148,7 @@ def restore(session, batch: np.ndarray, *, model_channels: int, defocus: np.ndar
     """
     if isinstance(session, SessionSpec):
         return run_model(session, batch, model_channels=model_channels)
-    if hasattr(session, "network"):  # Handoff
-        return session.run(batch, defocus, model_channels=model_channels)
-    if defocus is None:
-        raise ValueError(f"{type(session).__name__} is non-blind: it needs each window's defocus estimate")
-    return session.run(batch, defocus)
+    return session.run(batch, defocus, model_channels=model_channels)
 
 
 def assemble(box: tuple[int, int, int, int], canvases: Sequence[Canvas], *, stats: NormStats,

@@ -114,7 +114,7 @@ class Deconvolution:
 
         return int(psf_radius_px(self.setting(len(self.wavelengths_um)), self.max_defocus_um))
 
-    def run(self, batch: np.ndarray, defocus_um: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray, defocus_um: np.ndarray | None, *, model_channels: int | None = None) -> np.ndarray:
         """Deconvolve ``batch`` ``(N, C, H, W)`` (intensities in ``[0, 1]``) window by window.
 
         Parameters
@@ -124,6 +124,15 @@ class Deconvolution:
         defocus_um : numpy.ndarray
             ``(N,)`` estimated ``|z|`` per window (µm); a window whose
             estimate is NaN or rounds to 0 is returned unchanged.
+        model_channels : int, optional
+            Ignored (every channel is deconvolved at its own wavelength);
+            the signature of :meth:`wsi_deepr.restore.Handoff.run`.
+
+        Raises
+        ------
+        ValueError
+            Without ``defocus_um`` (the method is non-blind), or with one
+            value too few or too many.
 
         Returns
         -------
@@ -132,6 +141,8 @@ class Deconvolution:
         """
         from skimage.restoration import richardson_lucy
 
+        if defocus_um is None:
+            raise ValueError("Deconvolution is non-blind: it needs each window's defocus estimate (the defocus map)")
         z_all = np.asarray(defocus_um, dtype=np.float64).reshape(-1)
         if z_all.shape[0] != batch.shape[0]:
             raise ValueError(f"{batch.shape[0]} windows but {z_all.shape[0]} defocus values")
