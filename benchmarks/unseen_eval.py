@@ -95,12 +95,19 @@ def _fields(images: list[np.ndarray], modality: str, *, size: int, count: int, r
     return out
 
 
-def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | None, rng) -> np.ndarray:
-    """What a scanner with ``setting`` records of ``obj`` ([0, 1]) at defocus ``z``: 8-bit."""
+def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | None, rng,
+             koehler: bool = False) -> np.ndarray:
+    """What a scanner with ``setting`` records of ``obj`` ([0, 1]) at defocus ``z``: 8-bit.
+
+    ``koehler``: partially coherent brightfield (condenser NA 0.45, phase 1 rad per unit OD,
+    :func:`wsi_deepr.optics.koehler.defocus_koehler`) instead of incoherent imaging.
+    """
     from wsi_deepr.optics import defocus
+    from wsi_deepr.optics.koehler import defocus_koehler
     from wsi_deepr.optics.randomize import add_poisson_gaussian_noise, jpeg_recompress
 
-    img = add_poisson_gaussian_noise(defocus(obj, setting, z), rng, photons=photons, read_noise=0.0)
+    blurred = defocus_koehler(obj, setting, z) if koehler else defocus(obj, setting, z)
+    img = add_poisson_gaussian_noise(blurred, rng, photons=photons, read_noise=0.0)
     if jpeg is not None:
         img = jpeg_recompress(np.clip(img, 0, 1), jpeg)
     return np.clip(np.rint(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
@@ -144,7 +151,7 @@ def _subject(name: str) -> tuple[str | None, str, str]:
 
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
              margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
-             unseen: bool = False) -> dict:
+             unseen: bool = False, illumination: str = "incoherent") -> dict:
     """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output of ``subject``.
 
     ``subject``: an installed model's name, ``deconvolve:brightfield`` /
@@ -152,11 +159,14 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
     ``auto:brightfield`` / ``auto:fluorescence`` (what ``wsi-deepr refocus``
     does with no ``--model`` and no ``--method``).  ``unseen``: the images
     of ``benchmarks/fetch_unseen_sources.py`` of the subject's modality.
+    ``illumination="koehler"``: brightfield captured partially coherently
+    (Köhler; the truth too), outside every training recipe.
     """
     from export.evaluate import rl_true_psf
     from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
 
     model, method, modality = _subject(subject)
+    koehler = illumination == "koehler" and modality == "brightfield"
     if unseen:
         from fetch_unseen_sources import bright_sources, fluorescence_sources
 
@@ -176,10 +186,11 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
                                      spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)))
             photons = float(rng.uniform(300, 3000))
             jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
-            target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng).astype(np.float32) / 255
+            target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng,
+                              koehler=koehler).astype(np.float32) / 255
             for z in z_grid:
                 sign = 1 if (k + int(z)) % 2 == 0 else -1
-                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng)
+                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler)
                 out, focus = _refocus(captured, model, Path(tmp), method)
                 inp = captured.astype(np.float32) / 255
                 rl = rl_true_psf(inp, na=na, pixel_size_um=MPP, z_um=sign * z, wavelengths_um=wavelengths,
@@ -199,7 +210,8 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
     far = [r for r in rows if r["z"] >= 3]
     return {"model": subject, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
             "optics": f"NA {na:g}, {MPP} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
-                      "300-3000 photons"
+                      "300-3000 photons" + (", Koehler illumination (condenser NA 0.45, phase 1 rad/OD)"
+                                            if koehler else "")
                       + (", JPEG Q70-95" if modality == "brightfield" else ""),
             "rows": rows,
             "worst_bin_change": min(r["ssim_output"] - r["ssim_input"] for r in rows),
@@ -219,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unseen", action="store_true",
                    help="use the images of benchmarks/fetch_unseen_sources.py (sources no training run used)")
     p.add_argument("--size", type=int, default=384, help="field side in px (288 fits every unseen source)")
+    p.add_argument("--illumination", choices=["incoherent", "koehler"], default="incoherent",
+                   help="brightfield imaging model: incoherent (the training recipe's) or partially coherent Koehler")
     p.add_argument("--source", action="append", type=Path, default=None, help="in-focus image or slide")
     p.add_argument("--fields", type=int, default=3, help="fields per source image (per channel)")
     p.add_argument("--z", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5])
@@ -229,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     subjects = args.model or [m.name for m in list_models()] + ["deconvolve:brightfield", "deconvolve:fluorescence"]
     reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z, na=args.na,
-                        spherical=tuple(args.spherical), unseen=args.unseen, size=args.size) for m in subjects]
+                        spherical=tuple(args.spherical), unseen=args.unseen, size=args.size,
+                        illumination=args.illumination) for m in subjects]
     for rep in reports:
         print(f"\n{rep['model']} ({rep['fields']} fields; {rep['optics']}; sources: "
               f"{', '.join(Path(s).name for s in rep['sources'])})")
