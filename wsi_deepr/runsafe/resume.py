@@ -118,6 +118,10 @@ def scratch_fingerprint(plan, *, identity: dict, model_sha256: str, provider: st
         "model_channels": plan.model_channels, "stats": json.loads(plan.stats.to_json()),
         "skip": mask_digest(plan.skip), "scale": [plan.scale.action, plan.scale.level, plan.scale.factor],
         "arrays": [[n, list(s), list(c)] for n, s, c, _ in arrays],
+        # a non-blind method or a hand-off: its parameters and the windows' defocus decide pixels too
+        **({"restore": plan.session.to_dict()} if hasattr(plan.session, "to_dict") else {}),
+        **({"defocus": hashlib.sha256(np.ascontiguousarray(plan.defocus, dtype="<f8").tobytes()).hexdigest()}
+           if plan.defocus is not None else {}),
     }
 
 
