@@ -54,7 +54,7 @@ from wsi_deepr.inference.session import SessionSpec, active_provider, get_sessio
 from wsi_deepr.options import RefocusOptions
 from wsi_deepr.readers import open_slide
 from wsi_deepr.readers.slide import Modality, Slide
-from wsi_deepr.restore import Deconvolution, Handoff
+from wsi_deepr.restore import Deconvolution, Handoff, physics_model
 from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_path, to_annotations, write_sidecar
 from wsi_deepr.runsafe.resume import (
     Scratch,
@@ -190,7 +190,7 @@ class Link:
 
     client: object | None
     scheduler: str
-    session: SessionSpec | Deconvolution
+    session: SessionSpec | Deconvolution  # plan() may wrap a SessionSpec in a Handoff
     provider: str
     resources: dict[str, float] | None
     info: dict = field(default_factory=dict)
@@ -295,8 +295,6 @@ def choose_method(options: RefocusOptions, slide: Slide) -> tuple[ModelInfo, Dec
                 raise
             log.info("no default %s network (%s): refocusing by deconvolution with the estimated PSF",
                      slide.modality.value, str(exc).split(";")[0])
-    from wsi_deepr.restore import physics_model
-
     mpp = None if slide.mpp is None else float(np.mean(slide.mpp))
     return physics_model(slide.modality, n_channels=slide.n_channels, mpp=mpp)
 
@@ -345,9 +343,12 @@ class Focus:
 
 
 def focus(job: Job, options: RefocusOptions) -> Focus | None:
-    """Estimate the defocus map when it is used: ``where="auto"`` with a model threshold, ``qc``, or a
-    non-blind method (which needs every window's ``|z|``; with ``where="all"`` it deconvolves every window
-    with an estimate)."""
+    """Estimate the defocus map when it is used, and with it the windows to refocus.
+
+    It is used with ``where="auto"`` and a card threshold, with ``qc``, and
+    always by a non-blind method, which needs every window's ``|z|`` (with
+    ``where="all"`` it deconvolves every window that has an estimate).
+    """
     threshold = job.model.card.min_defocus_um
     if job.method is not None:
         threshold = threshold if options.where == "auto" else 0.0
@@ -393,8 +394,6 @@ def _handoff(job: Job, session: SessionSpec) -> Handoff | None:
         log.warning("model %s: deconvolve_beyond_um needs a 'range' normalisation (intensities); its card has %r, "
                     "so the network runs on every window", job.model.name, job.model.card.normalization)
         return None
-    from wsi_deepr.restore import physics_model
-
     level0 = None if job.slide.mpp is None else float(np.mean(job.slide.mpp))
     processing = output_mpp(job.slide, job.geometry.scale)
     _, physics = physics_model(job.slide.modality, n_channels=job.slide.n_channels, mpp=level0,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from wsi_deepr.inference.normalization import NormStats
 from wsi_deepr.inference.session import SessionSpec, run_model
 from wsi_deepr.readers.slide import RegionReader
 from wsi_deepr.tiling.geometry import TileGrid, pad_reflect
+
+if TYPE_CHECKING:
+    from wsi_deepr.restore import Deconvolution, Handoff
 
 __all__ = ["ArrayReader", "Canvas", "assemble", "infer_windows", "read_padded", "refocus_array", "restore",
            "to_dtype"]
@@ -66,7 +70,7 @@ def infer_windows(
     ix0: int,
     ix1: int,
     *,
-    session: SessionSpec | None,
+    session: SessionSpec | Deconvolution | Handoff | None,
     stats: NormStats,
     model_channels: int,
     skip: Sequence[bool] | None = None,
@@ -84,10 +88,10 @@ def infer_windows(
         Window layout over that level.
     iy, ix0, ix1 : int
         Grid row and half-open range of grid columns.
-    session : SessionSpec, Deconvolution or None
-        Model session to use, or a non-blind method
-        (:class:`wsi_deepr.restore.Deconvolution`); ``None`` only when
-        every window is skipped.
+    session : SessionSpec, Deconvolution, Handoff or None
+        Model session to use, a non-blind method or both
+        (:mod:`wsi_deepr.restore`); ``None`` only when every window is
+        skipped.
     stats : NormStats
         Slide normalisation statistics.
     model_channels : int
@@ -139,7 +143,8 @@ def infer_windows(
     return Canvas(box, canvas)
 
 
-def restore(session, batch: np.ndarray, *, model_channels: int, defocus: np.ndarray | None = None) -> np.ndarray:
+def restore(session: SessionSpec | Deconvolution | Handoff, batch: np.ndarray, *, model_channels: int,
+            defocus: np.ndarray | None = None) -> np.ndarray:
     """Run a network session, a non-blind method or a hand-off with the windows' ``defocus`` on ``(N, C, H, W)``.
 
     ``session``: a :class:`SessionSpec`, a :class:`wsi_deepr.restore.Deconvolution`
@@ -219,7 +224,7 @@ class ArrayReader:
 
 def refocus_array(
     image: np.ndarray,
-    model: str | os.PathLike | SessionSpec | object,
+    model: str | os.PathLike | SessionSpec | Deconvolution,
     *,
     stats: NormStats,
     defocus: float | np.ndarray | None = None,

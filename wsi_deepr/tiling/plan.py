@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from wsi_deepr.readers.slide import Modality, RegionReader, Slide
 from wsi_deepr.tiling.background import OD_THRESHOLD, BackgroundMask, glass_level, tissue_mask, window_skip_mask
 from wsi_deepr.tiling.geometry import TileGrid, choose_tile
 from wsi_deepr.tiling.scale import ScaleDecision, choose_scale
+
+if TYPE_CHECKING:
+    from wsi_deepr.restore import Deconvolution, Handoff
 
 __all__ = [
     "BACKGROUND_MODES", "DEFAULT_OVERLAP", "Geometry", "RefocusPlan", "build_plan", "choose_geometry",
@@ -60,8 +64,9 @@ class RefocusPlan:
         Model windows over that level.
     n_channels : int
         Channels of the slide.
-    session : SessionSpec or None
-        Model session (``None`` only if every window is skipped).
+    session : SessionSpec, Deconvolution, Handoff or None
+        Model session, non-blind method (:mod:`wsi_deepr.restore`), or both
+        (``None`` only if every window is skipped).
     model_channels : int
         Channels the model takes (1 = per channel).
     stats : NormStats
@@ -93,7 +98,7 @@ class RefocusPlan:
     level: int
     grid: TileGrid
     n_channels: int
-    session: SessionSpec | None
+    session: SessionSpec | Deconvolution | Handoff | None
     model_channels: int
     stats: NormStats
     dtype: np.dtype | None
@@ -308,7 +313,8 @@ def slide_stats(slide: Slide, model: ModelInfo) -> NormStats:
     return stats
 
 
-def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *, session: SessionSpec,
+def build_plan(slide: Slide, model: ModelInfo, geometry: Geometry, *,
+               session: SessionSpec | Deconvolution | Handoff,
                skip: np.ndarray | None = None, background: str = "auto",
                refocus: np.ndarray | None = None, focus: dict | None = None,
                defocus: np.ndarray | None = None) -> RefocusPlan:
