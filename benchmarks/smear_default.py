@@ -36,7 +36,7 @@ class DefaultRefocus:
     """``(H, W, 3)`` image in ``[0, 1]`` → written as a slide → ``refocus`` with defaults → ``[0, 1]``."""
 
     def __init__(self, subject: str, folder: Path) -> None:
-        self.subject, self.folder, self.calls, self.refocused = subject, folder, 0, []
+        self.subject, self.folder = subject, folder
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import tifffile
@@ -50,9 +50,6 @@ class DefaultRefocus:
         else:
             kwargs = {"model": self.subject}
         refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
-        focus = json.loads(out.with_name(out.name + ".json").read_text()).get("focus") or {}
-        self.calls += 1
-        self.refocused.append((focus.get("refocused_windows"), focus.get("windows")))
         return tifffile.imread(out).astype(np.float64) / 255.0
 
 

@@ -118,15 +118,7 @@ class ModelCard:
         windows below it through (:mod:`wsi_deepr.focus.select`).  ``None``
         when the card does not say: the model then runs on every window.
         """
-        text = dict(self.extra).get("min_defocus_um")
-        if text is None:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            log.warning("ignoring the model card's min_defocus_um %r: expected a number of µm", text)
-            return None
-        return value if value >= 0 else None
+        return self._number("min_defocus_um", "a number of µm", lambda v: v >= 0)
 
     @property
     def min_confidence(self) -> float:
@@ -135,15 +127,8 @@ class ModelCard:
         Optional card key ``min_confidence`` (0-1, default 0), chosen with
         ``benchmarks/unseen_eval.py`` (:func:`wsi_deepr.focus.select.select_windows`).
         """
-        text = dict(self.extra).get("min_confidence")
-        if text is None:
-            return 0.0
-        try:
-            value = float(text)
-        except ValueError:
-            log.warning("ignoring the model card's min_confidence %r: expected a number in [0, 1]", text)
-            return 0.0
-        return value if 0 <= value <= 1 else 0.0
+        value = self._number("min_confidence", "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        return 0.0 if value is None else value
 
     @property
     def deconvolve_beyond_um(self) -> float | None:
@@ -153,15 +138,19 @@ class ModelCard:
         beyond its training range a network stops helping.  ``None``: the
         model runs on every window the defocus map sends on.
         """
-        text = dict(self.extra).get("deconvolve_beyond_um")
+        return self._number("deconvolve_beyond_um", "a number of µm", lambda v: v > 0)
+
+    def _number(self, key: str, expected: str, valid) -> float | None:
+        """The optional numeric card key ``key``; ``None`` when absent, unreadable or not ``valid``."""
+        text = dict(self.extra).get(key)
         if text is None:
             return None
         try:
             value = float(text)
         except ValueError:
-            log.warning("ignoring the model card's deconvolve_beyond_um %r: expected a number of µm", text)
+            log.warning("ignoring the model card's %s %r: expected %s", key, text, expected)
             return None
-        return value if value > 0 else None
+        return value if valid(value) else None
 
     @property
     def preview(self) -> bool:

@@ -269,9 +269,7 @@ def refocus_array(
     image = np.asarray(image)
     if image.ndim != 3:
         raise ValueError(f"image must be (Y, X, C), got shape {image.shape}")
-    blind = isinstance(model, (str, os.PathLike, SessionSpec))
-    session = (model if not blind or isinstance(model, SessionSpec)
-               else SessionSpec(os.fspath(model), device, threads))
+    session = SessionSpec(os.fspath(model), device, threads) if isinstance(model, (str, os.PathLike)) else model
     channels = image.shape[2] if model_channels is None else int(model_channels)
     h, w, c = image.shape
     if tile is None:
