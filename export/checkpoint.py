@@ -9,10 +9,12 @@ resumes from its last complete checkpoint.  A checkpoint's training lineage
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wsi_deepr.writers.atomic import atomic_file
@@ -96,18 +98,58 @@ def lineage_entry(checkpoint: str | Path, state: dict) -> dict:
 
 
 def _load_init(path: str) -> dict:
-    """Initial weights for a new run: a checkpoint, or a run folder (its ``best.pt``).
+    """Initial weights for a new run: a checkpoint, a run folder (its ``best.pt``) or an exported ``.onnx``.
 
     The generator's configuration must match the new run's; a discriminator is
     taken when the checkpoint has one (``last.pt``).
     """
     p = Path(path)
+    if p.suffix.lower() == ".onnx":
+        return init_from_onnx(p)
     if p.is_dir():
         p = p / "best.pt"
     if not p.is_file():
         raise FileNotFoundError(f"--init {path}: no checkpoint there; pass a .pt file or a run folder with best.pt")
     return load_checkpoint(p)
 
+
+
+def init_from_onnx(path: str | Path) -> dict:
+    """A checkpoint-shaped ``--init`` from an exported model: its generator weights, standardisation and lineage.
+
+    Fine-tunes a shipped model whose training checkpoints are gone: the
+    export stores every generator tensor under its ``state_dict`` name
+    (:mod:`export.onnx_export`), and its ``training`` card entry the run it
+    came from.  No discriminator: it starts afresh.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a Deep-R generator exported by this project.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "generator" not in meta or "training" not in meta:
+        raise ValueError(f"--init {path}: not a Deep-R generator exported by export.onnx_export (no 'generator' "
+                         "and 'training' in its metadata); pass a checkpoint or a run folder")
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    config = json.loads(meta["generator"])
+    gen = Generator(int(config["channels"]), width=int(config["width"]), levels=int(config["levels"]),
+                    max_width=config.get("max_width"), residual=bool(config.get("residual", True)))
+    missing = [k for k in gen.state_dict() if k not in arrays]
+    if missing:
+        raise ValueError(f"--init {path}: the ONNX lacks generator tensors {missing[:4]} (exported by another "
+                         "version?); pass a checkpoint instead")
+    state = {k: torch.from_numpy(np.array(arrays[k])) for k in gen.state_dict()}
+    training = json.loads(meta["training"])
+    stats = {"mean": [float(v) for v in state["mean"].reshape(-1)], "std": [float(v) for v in state["std"].reshape(-1)]}
+    return {"generator": state, "iteration": int(training["iterations"]), "seconds": float(training.get("seconds", 0)),
+            "config": training.get("config", {}),
+            "meta": {"generator_stats": stats, "dataset": training.get("dataset"), "hardware": training.get("hardware"),
+                     "lineage": list(training.get("lineage", []))}}
 
 
 def resolve_device(name: str) -> torch.device:

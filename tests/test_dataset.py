@@ -253,8 +253,11 @@ def test_build_from_stacks_pairs_every_plane_with_the_patch_ground_truth(tmp_pat
 def test_cli_dataset_simulate_and_info(tmp_path, he_png, capsys):
     out = tmp_path / "cli.zarr"
     rc = main(["dataset", "simulate", str(he_png), "-o", str(out), "--modality", "brightfield", "--pairs", "4",
-               "--patch-size", "32", "--workers", "1", "--z-range", "-2", "2"])
+               "--patch-size", "32", "--workers", "1", "--z-range", "-2", "2", "--stain-sigma", "0.2",
+               "--stain-bias", "0.05"])
     assert rc == 0
+    ranges = PairDataset(out).attrs["settings"]["ranges"]
+    assert (ranges["stain_sigma"], ranges["stain_bias"]) == (0.2, 0.05)
     text = capsys.readouterr().out
     assert "pairs 4" in text
     assert "z_um" in text

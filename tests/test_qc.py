@@ -240,6 +240,10 @@ def test_cli_writes_beside_the_slide(capsys, tmp_path) -> None:
     assert "CMU-1-Small-Region.focus.html" in out and "µm" in out
     code, out, err = run(capsys, "qc", slide, "-q")  # again: reports are replaced
     assert code == 0 and out == "" and err == ""
+    code, out, err = run(capsys, "qc", slide, "-q", "--top-k", "2")  # fewer worst regions
+    assert code == 0, err
+    doc = json.loads((tmp_path / "CMU-1-Small-Region.focus.json").read_text())
+    assert len(doc["summary"]["worst_regions"]) == 2
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -290,6 +290,32 @@ def test_init_starts_a_new_run_from_another_runs_weights(pairs, tmp_path):
         train(dataclasses.replace(_tiny(pairs), init=str(tmp_path / "none")), tmp_path / "d")
 
 
+def test_init_from_an_exported_onnx_fine_tunes_a_shipped_model(pairs, tmp_path):
+    import dataclasses
+
+    from export.onnx_export import export_onnx
+
+    train(_tiny(pairs, iterations=2), tmp_path / "a")
+    src = load_checkpoint(tmp_path / "a" / "best.pt")
+    export_onnx(tmp_path / "a" / "best.pt", tmp_path / "a.onnx", card={"version": "0.0.1", "description": "t"})
+    # zero iterations from the ONNX: the generator is the exported one, its standardisation too
+    train(dataclasses.replace(_tiny(pairs, iterations=0), init=str(tmp_path / "a.onnx")), tmp_path / "b")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for key, value in src.get("generator_ema", src["generator"]).items():
+        torch.testing.assert_close(b["generator"][key], value)
+    assert b["meta"]["generator_stats"]["mean"] == pytest.approx(src["meta"]["generator_stats"]["mean"])
+    assert b["meta"]["lineage"][-1]["checkpoint"].endswith("a.onnx")
+    assert b["meta"]["lineage"][-1]["iteration"] == src["iteration"]
+    # an ONNX that is not an exported generator is refused by name
+    import onnx
+
+    model = onnx.load(str(tmp_path / "a.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="bare.onnx.*not a Deep-R generator"):
+        train(dataclasses.replace(_tiny(pairs, iterations=0), init=str(tmp_path / "bare.onnx")), tmp_path / "c")
+
+
 def test_device_choice_and_the_hardware_in_the_lineage(pairs, tmp_path):
     import dataclasses
 

@@ -51,6 +51,11 @@ def _print_summary(summary: dict, as_json: bool, extra: dict | None = None) -> N
 @click.option("--spherical-range", type=(float, float), default=(-0.1, 0.1), show_default=True,
               help="Noll-11 spherical aberration, waves RMS.")
 @click.option("--tilt-probability", type=click.FloatRange(0, 1), default=0.2, show_default=True)
+@click.option("--stain-sigma", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Brightfield: per-stain multiplicative jitter of the optical density, 1 + N(0, sigma) "
+                   "(0.2: strong stain and density variety).")
+@click.option("--stain-bias", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="Brightfield: per-stain additive jitter of the optical density, N(0, bias).")
 @click.option("--default-pixel-size", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
               help="µm/px assumed for sources that do not record it.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.99), default=0.15, show_default=True)
@@ -62,7 +67,8 @@ def _print_summary(summary: dict, as_json: bool, extra: dict | None = None) -> N
 @handle_errors
 def simulate_cmd(sources: tuple[str, ...], output: Path, modality: str, pairs: int, patch_size: int,
                  z_range: tuple[float, float], na_range: tuple[float, float], pixel_scale: tuple[float, float],
-                 spherical_range: tuple[float, float], tilt_probability: float, default_pixel_size: float,
+                 spherical_range: tuple[float, float], tilt_probability: float, stain_sigma: float,
+                 stain_bias: float, default_pixel_size: float,
                  val_fraction: float, seed: int, workers: int, overwrite: bool, as_json: bool, verbose: int,
                  quiet: bool) -> None:
     """Simulate pairs from in-focus SOURCES (slides, images, folders, STACK.tif#K-L planes)."""
@@ -72,7 +78,7 @@ def simulate_cmd(sources: tuple[str, ...], output: Path, modality: str, pairs: i
 
     ranges = RandomizationRanges.for_modality(
         modality, z_um=z_range, na=na_range, pixel_scale=pixel_scale, spherical_waves=spherical_range,
-        tilt_probability=tilt_probability)
+        tilt_probability=tilt_probability, stain_sigma=stain_sigma, stain_bias=stain_bias)
     srcs = open_sources(sources, modality=modality, default_pixel_size_um=default_pixel_size)
     summary = build_simulated(srcs, output, n_pairs=pairs, patch_size=patch_size, ranges=ranges,
                               val_fraction=val_fraction, seed=seed, workers=workers, overwrite=overwrite)

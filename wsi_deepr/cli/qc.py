@@ -25,10 +25,12 @@ EXIT_FAILED = 1
                    "OUTPUT_DIR (or the current folder)/wsi-deepr-qc-<date>-<time>.csv].")
 @click.option("--window-um", type=click.FloatRange(min=1.0), default=None,
               help="Side of the map's windows in µm [default: the map's own].")
+@click.option("--top-k", type=click.IntRange(min=0), default=None,
+              help="Worst regions listed in the report and shown at full resolution [default: 8].")
 @verbosity_options
 @handle_errors
 def qc(slides: tuple[Path, ...], output_dir: Path | None, modality: str, summary_csv: Path | None,
-       window_um: float | None, verbose: int, quiet: bool) -> None:
+       window_um: float | None, top_k: int | None, verbose: int, quiet: bool) -> None:
     """Focus QC: map how far out of focus each region of SLIDE is (µm), refocusing nothing.
 
     Writes <stem>.focus.json (summary and per-region defocus), <stem>.focus.png
@@ -39,7 +41,7 @@ def qc(slides: tuple[Path, ...], output_dir: Path | None, modality: str, summary
     1 when any of several did, 2 for bad usage or a single bad slide.
     """
     configure_logging(verbose, quiet)
-    from wsi_deepr.focus.qc import run_qc
+    from wsi_deepr.focus.qc import TOP_K, run_qc
 
     if len(slides) > 1 and summary_csv is None:
         summary_csv = (output_dir or Path.cwd()) / time.strftime("wsi-deepr-qc-%Y%m%d-%H%M%S.csv")
@@ -59,7 +61,7 @@ def qc(slides: tuple[Path, ...], output_dir: Path | None, modality: str, summary
             click.echo(f"{head}{result.outputs.html}  ({figures}; {result.seconds:.1f} s)")
 
     results = run_qc(slides, output_dir=output_dir, modality=modality, summary_csv=summary_csv,
-                     window_um=window_um, on_done=on_done)
+                     window_um=window_um, top_k=TOP_K if top_k is None else top_k, on_done=on_done)
     failed = [r for r in results if r.status == "failed"]
     if len(results) == 1 and failed:
         raise failed[0].exception  # handle_errors: one line, exit 2 for bad input
