@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import shutil
 import time
@@ -386,19 +387,21 @@ def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | No
 
 
 def _handoff(job: Job, session: SessionSpec) -> Handoff | None:
-    """The network with deconvolution past its card's ``deconvolve_beyond_um`` (``range`` cards only)."""
-    beyond = job.model.card.deconvolve_beyond_um
-    if beyond is None:
+    """The network with its card's physics: deconvolution past ``deconvolve_beyond_um``, the
+    data-consistency fit up to ``consistency_max_step`` (``range`` cards only)."""
+    beyond, step = job.model.card.deconvolve_beyond_um, job.model.card.consistency_max_step
+    if beyond is None and step is None:
         return None
     if job.model.card.normalization != "range":
-        log.warning("model %s: deconvolve_beyond_um needs a 'range' normalisation (intensities); its card has %r, "
-                    "so the network runs on every window", job.model.name, job.model.card.normalization)
+        log.warning("model %s: deconvolve_beyond_um and consistency_max_step need a 'range' normalisation "
+                    "(intensities); its card has %r, so the network runs alone", job.model.name,
+                    job.model.card.normalization)
         return None
     level0 = None if job.slide.mpp is None else float(np.mean(job.slide.mpp))
     processing = output_mpp(job.slide, job.geometry.scale)
     _, physics = physics_model(job.slide.modality, n_channels=job.slide.n_channels, mpp=level0,
                                pixel_size_um=None if processing is None else float(np.mean(processing)))
-    return Handoff(session, physics, beyond)
+    return Handoff(session, physics, math.inf if beyond is None else beyond, step)
 
 
 def open_run_scratch(job: Job, plan: RefocusPlan, link: Link, options: RefocusOptions, *,

@@ -140,6 +140,17 @@ class ModelCard:
         """
         return self._number("deconvolve_beyond_um", "a number of µm", lambda v: v > 0)
 
+    @property
+    def consistency_max_step(self) -> float | None:
+        """Largest step of the data-consistency fit of the model's correction (``None``: no fit).
+
+        Optional card key ``consistency_max_step``
+        (:mod:`wsi_deepr.restore.consistency`): each window's correction is
+        scaled so that, re-blurred with the PSF of its estimated defocus, the
+        output matches the capture best, at most by this factor.
+        """
+        return self._number("consistency_max_step", "a step in (0, 2]", lambda v: 0 < v <= 2)
+
     def _number(self, key: str, expected: str, valid) -> float | None:
         """The optional numeric card key ``key``; ``None`` when absent, unreadable or not ``valid``."""
         text = dict(self.extra).get(key)

@@ -8,6 +8,11 @@ while Richardson-Lucy with the estimated PSF still gains
 the deepr-brightfield card).  A card with ``deconvolve_beyond_um`` hands the
 windows whose estimated ``|z|`` exceeds it to :class:`Deconvolution`; both see
 the same ``range``-normalised intensities.
+
+A card with ``consistency_max_step`` also fits the strength of the network's
+correction on every window it runs on to the measurement
+(:mod:`wsi_deepr.restore.consistency`), with the PSF of the window's
+estimated defocus.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import math
+
 from wsi_deepr.inference.session import SessionSpec, run_model
+from wsi_deepr.restore.consistency import fit_correction
 from wsi_deepr.restore.deconvolution import Deconvolution
 
 __all__ = ["Handoff"]
@@ -35,16 +43,23 @@ class Handoff:
     physics : Deconvolution
         The method for the far windows (same pixel size and normalisation).
     beyond_um : float
-        Windows estimated beyond this ``|z|`` (µm) are deconvolved.
+        Windows estimated beyond this ``|z|`` (µm) are deconvolved (``math.inf``: none).
+    max_step : float, optional
+        Fit the network's correction on each window to the measurement with a
+        step of at most this (:func:`~wsi_deepr.restore.consistency.fit_correction`);
+        ``None``: the network's output as it is.
     """
 
     network: SessionSpec
     physics: Deconvolution
-    beyond_um: float
+    beyond_um: float = math.inf
+    max_step: float | None = None
 
     def __post_init__(self) -> None:
         if not self.beyond_um > 0:
             raise ValueError(f"beyond_um={self.beyond_um!r}: give the defocus (µm) past which to deconvolve, > 0")
+        if self.max_step is not None and not 0 < self.max_step <= 2:
+            raise ValueError(f"max_step={self.max_step!r}: give the largest step of the correction, in (0, 2]")
 
     @property
     def intra_op_threads(self) -> int:
@@ -64,11 +79,19 @@ class Handoff:
         far = self.far(defocus_um, batch.shape[0])
         out = np.empty(batch.shape, dtype=np.float32)
         if (~far).any():
-            out[~far] = run_model(self.network, np.ascontiguousarray(batch[~far]), model_channels=model_channels)
+            near = np.ascontiguousarray(batch[~far])
+            restored = run_model(self.network, near, model_channels=model_channels)
+            if self.max_step is not None and defocus_um is not None:
+                z = np.asarray(defocus_um, dtype=np.float64).reshape(-1)[~far]
+                restored = fit_correction(near, restored, z, setting=self.physics.setting(batch.shape[1]),
+                                          max_step=self.max_step)
+            out[~far] = restored
         if far.any():
             out[far] = self.physics.run(batch[far], np.asarray(defocus_um, dtype=np.float64).reshape(-1)[far])
         return out
 
     def to_dict(self) -> dict:
         """Plain-JSON description (provenance)."""
-        return {"deconvolve_beyond_um": self.beyond_um, **self.physics.to_dict()}
+        d = {"deconvolve_beyond_um": self.beyond_um if math.isfinite(self.beyond_um) else None,
+             **self.physics.to_dict()}
+        return d | ({"consistency_max_step": self.max_step} if self.max_step is not None else {})
