@@ -101,7 +101,7 @@ def test_the_handoff_fits_the_networks_windows_and_records_the_bound(truth, mode
 
 
 @pytest.mark.slow
-def test_a_card_with_consistency_max_step_fits_the_network_in_the_pipeline(tmp_path, model_factory) -> None:
+def test_a_card_with_consistency_max_step_fits_the_network_in_the_pipeline(tmp_path, model_factory, caplog) -> None:
     import skimage.io
 
     from wsi_deepr.testing import default_card
@@ -119,3 +119,13 @@ def test_a_card_with_consistency_max_step_fits_the_network_in_the_pipeline(tmp_p
     a, b = tifffile.imread(tmp_path / "fit.ome.tif"), tifffile.imread(tmp_path / "plain.ome.tif")
     assert not np.array_equal(a[:400], b[:400])  # the defocused half: fitted
     np.testing.assert_array_equal(a[800:], b[800:])  # in focus: passed through by both
+
+    # blur commutes with an affine normalisation: the fit runs on a zscore card too; deconvolution past a
+    # threshold needs intensities, so a zscore card's deconvolve_beyond_um is dropped with a warning
+    zscore = model_factory("fit-zscore", default_card(normalization="zscore", halo="56", min_defocus_um="1.5",
+                                                      consistency_max_step="1", deconvolve_beyond_um="3"))
+    with caplog.at_level("WARNING", logger="wsi_deepr.stages"):
+        refocus(slide, tmp_path / "z.ome.tif", model=zscore, workers=2, compression="zlib")
+    handoff = json.loads((tmp_path / "z.ome.tif.json").read_text())["parameters"]["handoff"]
+    assert handoff["consistency_max_step"] == 1.0 and handoff["deconvolve_beyond_um"] is None
+    assert "deconvolve_beyond_um needs a 'range' normalisation" in caplog.text

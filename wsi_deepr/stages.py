@@ -387,15 +387,16 @@ def plan(job: Job, link: Link, options: RefocusOptions, *, skip: np.ndarray | No
 
 
 def _handoff(job: Job, session: SessionSpec) -> Handoff | None:
-    """The network with its card's physics: deconvolution past ``deconvolve_beyond_um``, the
-    data-consistency fit up to ``consistency_max_step`` (``range`` cards only)."""
+    """The network with its card's physics: deconvolution past ``deconvolve_beyond_um`` (``range`` cards
+    only: Richardson-Lucy needs intensities), the data-consistency fit up to ``consistency_max_step`` (any
+    affine normalisation: blur commutes with it)."""
     beyond, step = job.model.card.deconvolve_beyond_um, job.model.card.consistency_max_step
-    if beyond is None and step is None:
-        return None
-    if job.model.card.normalization != "range":
-        log.warning("model %s: deconvolve_beyond_um and consistency_max_step need a 'range' normalisation "
-                    "(intensities); its card has %r, so the network runs alone", job.model.name,
+    if beyond is not None and job.model.card.normalization != "range":
+        log.warning("model %s: deconvolve_beyond_um needs a 'range' normalisation (intensities); its card has %r, "
+                    "so the network runs on every window the map sends on", job.model.name,
                     job.model.card.normalization)
+        beyond = None
+    if beyond is None and step is None:
         return None
     level0 = None if job.slide.mpp is None else float(np.mean(job.slide.mpp))
     processing = output_mpp(job.slide, job.geometry.scale)
