@@ -16,11 +16,9 @@ the ``a`` for which ``h * (y + a d)`` is closest to ``y``.  The step is clipped
 to ``[0, max_step]``.  ``max_step = 1`` never strengthens the network, it only
 takes back what the measurement does not support.  The step is one number
 per window over all its channels: it sets how strongly to correct, never
-what the correction looks like.
-
-On the sources the network was trained on, the step stays near 1.  On unseen
-H&E sources it is 0.4-0.9, and SSIM and PSNR rise (the deepr-brightfield
-card).
+what the correction looks like.  Blur commutes with an affine intensity
+normalisation, so the step is the same in a model's normalised space.  What
+it changes is measured in the deepr-brightfield card.
 """
 
 from __future__ import annotations

@@ -17,11 +17,10 @@ estimated defocus.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-
-import math
 
 from wsi_deepr.inference.session import SessionSpec, run_model
 from wsi_deepr.restore.consistency import fit_correction
