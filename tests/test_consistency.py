@@ -94,7 +94,8 @@ def test_the_handoff_fits_the_networks_windows_and_records_the_bound(truth, mode
     only = Handoff(network, physics, max_step=1.0)
     np.testing.assert_allclose(only.run(batch, z, model_channels=3)[2],
                                fit_correction(batch[2:3], plain[2:3], z[2:3], setting=SETTING)[0], atol=1e-5)
-    assert only.to_dict()["deconvolve_beyond_um"] is None
+    assert only.to_dict() == {"deconvolve_beyond_um": None, "na": 0.75, "wavelengths_um": list(BRIGHTFIELD_WAVELENGTHS_UM),
+                              "pixel_size_um": 0.5, "consistency_max_step": 1.0}  # no deconvolution parameters
     assert fitted.to_dict()["consistency_max_step"] == 1.0
     with pytest.raises(ValueError, match="max_step=0"):
         Handoff(network, physics, max_step=0)

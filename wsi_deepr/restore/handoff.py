@@ -90,7 +90,9 @@ class Handoff:
         return out
 
     def to_dict(self) -> dict:
-        """Plain-JSON description (provenance)."""
-        d = {"deconvolve_beyond_um": self.beyond_um if math.isfinite(self.beyond_um) else None,
-             **self.physics.to_dict()}
+        """Plain-JSON description (provenance): the deconvolution's parameters when it runs, else the PSF model."""
+        physics = self.physics.to_dict()
+        if not math.isfinite(self.beyond_um):  # no deconvolution: only the optics of the fit's PSFs
+            physics = {k: physics[k] for k in ("na", "wavelengths_um", "pixel_size_um")}
+        d = {"deconvolve_beyond_um": self.beyond_um if math.isfinite(self.beyond_um) else None, **physics}
         return d | ({"consistency_max_step": self.max_step} if self.max_step is not None else {})
