@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["consistency_steps", "fit_correction"]
+from wsi_deepr.restore.deconvolution import Z_STEP_UM
 
-#: Defocus step of the cached PSFs (µm), as deconvolution rounds its estimates
-Z_STEP_UM = 0.25
+__all__ = ["consistency_steps", "fit_correction"]
 
 
 def _blur(planes: np.ndarray, setting, z_um: float) -> tuple[np.ndarray, int]:
-    """``(C, H, W)`` convolved channel by channel with the PSF of ``z_um``, periodically (float32).
+    """``(..., C, H, W)`` convolved channel by channel with the PSF of ``z_um``, periodically (float32).
 
     Returns the blurred planes and the PSF's radius: only pixels at least that
     far from the borders are exact (:func:`consistency_steps` uses only those;
@@ -55,8 +54,8 @@ def consistency_steps(inputs: np.ndarray, outputs: np.ndarray, defocus_um: np.nd
     Parameters
     ----------
     inputs, outputs : numpy.ndarray
-        ``(N, C, H, W)``: the captures and the network's outputs, as intensities
-        (``range`` normalisation).  The step is fitted on the pixels at least
+        ``(N, C, H, W)``: the captures and the network's outputs, in any affine
+        normalisation of the intensities (blur commutes with it).  The step is fitted on the pixels at least
         the PSF's radius inside each window (the window's halo gives them
         their real context).
     defocus_um : numpy.ndarray
@@ -82,8 +81,7 @@ def consistency_steps(inputs: np.ndarray, outputs: np.ndarray, defocus_um: np.nd
         if zr <= 0:
             continue
         y = inputs[k].astype(np.float32)
-        h_d, r = _blur(outputs[k].astype(np.float32) - y, setting, zr)
-        h_y, _ = _blur(y, setting, zr)
+        (h_y, h_d), r = _blur(np.stack([y, outputs[k].astype(np.float32) - y]), setting, zr)
         inner = (slice(None), slice(r, y.shape[1] - r), slice(r, y.shape[2] - r))
         h_d, residual = h_d[inner].astype(np.float64), (y - h_y)[inner].astype(np.float64)
         energy = float(np.sum(h_d * h_d))
