@@ -2,7 +2,8 @@
 
 For every shipped model and the non-blind method (or ``--model``), fields
 of in-focus images are defocused by ``|z|`` with optics the training recipe
-did not use (NA 0.75 at 0.5 µm/px, Noll-11 spherical aberration of 0.02-0.1
+did not use (NA 0.75 at 0.5 µm/px — ``--na``/``--mpp`` change both, e.g. the 0.325 µm/px
+of a fluorescence camera —, Noll-11 spherical aberration of 0.02-0.1
 waves RMS of random sign — ``--spherical 0.2 0.5`` is a stress test far
 beyond real objectives —, Poisson noise of 300-3000 photons at full scale,
 and JPEG Q70-95 for brightfield), written as slides and refocused **exactly
@@ -28,7 +29,7 @@ Usage::
 
     python benchmarks/fetch_unseen_sources.py
     python benchmarks/unseen_eval.py --unseen --size 288 --fields 4 [--model deepr-fluorescence]
-        [--model deconvolve:brightfield] [--spherical 0.2 0.5] [--z 0 1 2 3 4 5] [--json out.json]
+        [--model deconvolve:brightfield] [--spherical 0.2 0.5] [--z 0 1 2 3 4 5] [--mpp 0.325] [--json out.json]
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | 
     return np.clip(np.rint(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
 
 
-def _refocus(pixels: np.ndarray, model: str | None, tmp: Path, method: str = "deepr") -> tuple[np.ndarray, dict]:
+def _refocus(pixels: np.ndarray, model: str | None, tmp: Path, method: str = "deepr", *,
+             mpp: float = MPP) -> tuple[np.ndarray, dict]:
     """``refocus`` with its defaults on ``pixels`` written as a slide; the output and its ``focus`` record."""
     import tifffile
 
@@ -122,7 +124,7 @@ def _refocus(pixels: np.ndarray, model: str | None, tmp: Path, method: str = "de
     src, out = tmp / "field.tif", tmp / "field.refocused.ome.tif"
     rgb = pixels.shape[-1] == 3
     tifffile.imwrite(src, pixels if rgb else pixels[..., 0], photometric="rgb" if rgb else "minisblack",
-                     resolution=(1e4 / MPP, 1e4 / MPP), resolutionunit="CENTIMETER")
+                     resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
     result = refocus(src, out, model=model, method=method, scheduler="threads", overwrite=True, compression="zlib")
     got = tifffile.imread(out)
     return (got if got.ndim == 3 else got[..., None]), result.provenance.get("focus") or {}
@@ -151,7 +153,7 @@ def _subject(name: str) -> tuple[str | None, str, str]:
 
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
              margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
-             unseen: bool = False, illumination: str = "incoherent") -> dict:
+             unseen: bool = False, illumination: str = "incoherent", mpp: float = MPP) -> dict:
     """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output of ``subject``.
 
     ``subject``: an installed model's name, ``deconvolve:brightfield`` /
@@ -182,7 +184,7 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
         for k, field in enumerate(chosen):
             top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
             obj = np.clip(field.astype(np.float32) / top, 0, 1)
-            setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=MPP,
+            setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=mpp,
                                      spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)))
             photons = float(rng.uniform(300, 3000))
             jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
@@ -191,9 +193,9 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
             for z in z_grid:
                 sign = 1 if (k + int(z)) % 2 == 0 else -1
                 captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler)
-                out, focus = _refocus(captured, model, Path(tmp), method)
+                out, focus = _refocus(captured, model, Path(tmp), method, mpp=mpp)
                 inp = captured.astype(np.float32) / 255
-                rl = rl_true_psf(inp, na=na, pixel_size_um=MPP, z_um=sign * z, wavelengths_um=wavelengths,
+                rl = rl_true_psf(inp, na=na, pixel_size_um=mpp, z_um=sign * z, wavelengths_um=wavelengths,
                                  spherical_waves=setting.spherical_waves)
                 rec = {"z": z, "field": k, "refocused_windows": focus.get("refocused_windows"),
                        "windows": focus.get("windows")}
@@ -209,7 +211,7 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
                                                      for r in grp]))})
     far = [r for r in rows if r["z"] >= 3]
     return {"model": subject, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
-            "optics": f"NA {na:g}, {MPP} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
+            "optics": f"NA {na:g}, {mpp:g} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
                       "300-3000 photons" + (", Koehler illumination (condenser NA 0.45, phase 1 rad/OD)"
                                             if koehler else "")
                       + (", JPEG Q70-95" if modality == "brightfield" else ""),
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=384, help="field side in px (288 fits every unseen source)")
     p.add_argument("--illumination", choices=["incoherent", "koehler"], default="incoherent",
                    help="brightfield imaging model: incoherent (the training recipe's) or partially coherent Koehler")
+    p.add_argument("--mpp", type=float, default=MPP,
+                   help="pixel size of the simulated captures in µm/px (0.325: a 20x fluorescence camera)")
     p.add_argument("--source", action="append", type=Path, default=None, help="in-focus image or slide")
     p.add_argument("--fields", type=int, default=3, help="fields per source image (per channel)")
     p.add_argument("--z", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5])
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     subjects = args.model or [m.name for m in list_models()] + ["deconvolve:brightfield", "deconvolve:fluorescence"]
     reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z, na=args.na,
                         spherical=tuple(args.spherical), unseen=args.unseen, size=args.size,
-                        illumination=args.illumination) for m in subjects]
+                        illumination=args.illumination, mpp=args.mpp) for m in subjects]
     for rep in reports:
         print(f"\n{rep['model']} ({rep['fields']} fields; {rep['optics']}; sources: "
               f"{', '.join(Path(s).name for s in rep['sources'])})")

@@ -5,6 +5,8 @@
 * :func:`defocus_map` — the estimate over a grid of regions of a whole slide,
   NaN off tissue (:mod:`wsi_deepr.focus.map`);
 * :func:`resample_to_grid` — the map's value over another window grid;
+* :func:`lacks_signature` — fluorescence windows whose spectrum shows no
+  defocus, whatever the estimate (:mod:`wsi_deepr.focus.spectral`);
 * :mod:`wsi_deepr.focus.select` — which refocus windows the network runs on
   (``refocus --where auto``);
 * :mod:`wsi_deepr.focus.report`, :mod:`~wsi_deepr.focus.render`,
@@ -16,7 +18,7 @@ Pure numpy/scipy at run time; nothing is loaded at import.
 
 from __future__ import annotations
 
-from wsi_deepr.focus.estimate import IN_FOCUS_UM, DefocusEstimate, estimate_defocus, na_prior
+from wsi_deepr.focus.estimate import IN_FOCUS_UM, DefocusEstimate, estimate_defocus, lacks_signature, na_prior
 from wsi_deepr.focus.map import DEFAULT_WINDOW_UM, DefocusMap, defocus_map, resample_to_grid
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "DefocusMap",
     "defocus_map",
     "estimate_defocus",
+    "lacks_signature",
     "na_prior",
     "resample_to_grid",
 ]

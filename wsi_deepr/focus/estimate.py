@@ -10,7 +10,9 @@ perceptrons (two hidden layers, numpy inference) fitted on windows defocused by 
 project's optics (:mod:`wsi_deepr.optics`) over randomised NA, aberration,
 pixel size, noise, JPEG and stain.  The network predicts the median and the
 spread (a Laplace scale) of ``|z|``; the spread and the window's texture
-give the confidence.
+give the confidence.  Fluorescence windows read as defocused whose power
+spectrum lacks the zero rings of that defocus while an in-focus model fits
+it (:func:`lacks_signature`) get confidence 0: smooth objects, not blur.
 
 Being blind, the estimator cannot see the NA: give ``na`` when it is known,
 otherwise the prior :func:`na_prior` is used (0.75 for pixels of 0.3 µm and
@@ -34,6 +36,7 @@ __all__ = [
     "MODEL_FILE",
     "DefocusEstimate",
     "estimate_defocus",
+    "lacks_signature",
     "na_prior",
 ]
 
@@ -53,6 +56,11 @@ MIN_OD_RANGE_BF: float = 0.05
 _MODALITIES = ("brightfield", "fluorescence")
 #: Numerical apertures the regressors were fitted on (dry objectives); others are clipped.
 NA_RANGE: tuple[float, float] = (0.4, 0.95)
+#: Fluorescence defocus signature check (:func:`lacks_signature`): a window read as defocused gets confidence 0
+#: when an in-focus model fits its spectrum within this factor of the best fit ...
+SIGNATURE_NEAR_RATIO: float = 1.2
+#: ... while the estimated |z| fits it this many times worse (its OTF's zero rings are not in the spectrum).
+SIGNATURE_ESTIMATE_RATIO: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +195,8 @@ def estimate_defocus(
     -------
     DefocusEstimate
         NaN and confidence 0 where the window holds too little texture
-        (glass, blank background).
+        (glass, blank background); confidence 0 also for fluorescence
+        windows that :func:`lacks_signature`.
     """
     mod = str(getattr(modality, "value", modality)).lower()
     if mod not in _MODALITIES:
@@ -214,4 +223,41 @@ def estimate_defocus(
         z[ok] = mu
         texture = np.clip(np.log10(snr[ok] / MIN_SNR), 0.0, 1.0)
         conf[ok] = np.clip(texture / (1.0 + scale / 0.5), 0.0, 1.0)
+        if mod == "fluorescence" and min(gray.shape[1:]) >= 32:
+            check = np.flatnonzero(ok & (z >= IN_FOCUS_UM))
+            if check.size:
+                conf[check[lacks_signature(gray[check], sigma[check], z[check], na=na)]] = 0.0
     return DefocusEstimate(defocus_um=z, confidence=conf)
+
+
+def lacks_signature(gray: np.ndarray, sigma: np.ndarray, defocus_um: np.ndarray, *, na: float) -> np.ndarray:
+    """``(N,)`` bool: fluorescence windows whose spectrum an in-focus model explains while ``defocus_um`` does not.
+
+    The spectrum of a window truly defocused by ``|z|`` carries the zero rings
+    of that defocus; an in-focus model then fits it clearly worse.  Where an
+    in-focus model fits within :data:`SIGNATURE_NEAR_RATIO` of the best fit
+    and the estimate fits :data:`SIGNATURE_ESTIMATE_RATIO` times worse
+    (:func:`wsi_deepr.focus.spectral.spectral_fit`), the blur the estimator
+    read is the object's own smoothness (soft nuclei, an upsampled image).
+
+    Parameters
+    ----------
+    gray : numpy.ndarray
+        ``(N, H, W)`` canonical grey windows (:data:`~wsi_deepr.focus.features.CANONICAL_MPP`).
+    sigma : numpy.ndarray
+        ``(N,)`` their pixel noise.
+    defocus_um : numpy.ndarray
+        ``(N,)`` the estimates.
+    na : float
+        Objective NA.
+    """
+    from wsi_deepr.focus.features import CANONICAL_MPP
+    from wsi_deepr.focus.spectral import spectral_fit
+    from wsi_deepr.optics import FLUORESCENCE_WAVELENGTH_UM
+
+    fit = spectral_fit(gray, sigma=sigma, mpp=CANONICAL_MPP, na=na, wavelengths_um=(FLUORESCENCE_WAVELENGTH_UM,),
+                       near_um=IN_FOCUS_UM)
+    smooth = (fit.near_ratio <= SIGNATURE_NEAR_RATIO) & (fit.ratio_at(defocus_um) >= SIGNATURE_ESTIMATE_RATIO)
+    if smooth.any():
+        log.debug("%d of %d windows read as defocused lack the defocus signature", smooth.sum(), len(smooth))
+    return smooth

@@ -11,6 +11,7 @@ from wsi_deepr.optics.koehler import defocus_koehler
 from wsi_deepr.optics.psf import OpticalSetting, otf, psf, psf_fwhm_um, psf_radius_px, pupil_energy
 from wsi_deepr.optics.randomize import (
     BRIGHTFIELD_WAVELENGTHS_UM,
+    FLUORESCENCE_WAVELENGTH_UM,
     RandomizationRanges,
     Realisation,
     sample_realisation,
@@ -18,6 +19,7 @@ from wsi_deepr.optics.randomize import (
 
 __all__ = [
     "BRIGHTFIELD_WAVELENGTHS_UM",
+    "FLUORESCENCE_WAVELENGTH_UM",
     "OpticalSetting",
     "RandomizationRanges",
     "Realisation",

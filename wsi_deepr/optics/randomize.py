@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BRIGHTFIELD_WAVELENGTHS_UM",
+    "FLUORESCENCE_WAVELENGTH_UM",
     "RandomizationRanges",
     "Realisation",
     "add_poisson_gaussian_noise",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: Centre wavelengths (µm) of the R, G, B channels of a brightfield scanner.
 BRIGHTFIELD_WAVELENGTHS_UM: tuple[float, float, float] = (0.61, 0.545, 0.465)
+#: Emission wavelength (µm) assumed for fluorescence when the slide does not say: green.
+FLUORESCENCE_WAVELENGTH_UM: float = 0.52
 
 # Optical-density stain matrix (rows: haematoxylin, eosin, DAB), Ruifrok & Johnston.
 _RGB_FROM_HED = np.array(

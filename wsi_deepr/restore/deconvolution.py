@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from wsi_deepr.inference.card import ModelCard, ModelInfo
+from wsi_deepr.optics.randomize import FLUORESCENCE_WAVELENGTH_UM
 from wsi_deepr.readers.slide import Modality
 
 __all__ = ["METHOD_NAME", "Deconvolution", "physics_model"]
@@ -54,8 +55,6 @@ MIN_DEFOCUS_UM = {Modality.BRIGHTFIELD: 1.5, Modality.FLUORESCENCE: 2.0}
 MIN_CONFIDENCE = {Modality.BRIGHTFIELD: 0.0, Modality.FLUORESCENCE: 0.45}
 #: Defocus step of the cached PSFs (µm): estimates are rounded to it.
 Z_STEP_UM = 0.25
-#: Wavelengths (µm) assumed for fluorescence, whose emission the slide does not say: green.
-FLUORESCENCE_WAVELENGTH_UM = 0.52
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,7 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
     modality : Modality
         Brightfield deconvolves R, G and B at their own wavelengths
         (:data:`~wsi_deepr.optics.BRIGHTFIELD_WAVELENGTHS_UM`); fluorescence
-        every channel at :data:`FLUORESCENCE_WAVELENGTH_UM`.
+        every channel at :data:`~wsi_deepr.optics.FLUORESCENCE_WAVELENGTH_UM`.
     n_channels : int
         Channels of the slide.
     mpp : float or None
