@@ -259,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['z']:g} | {r['n']} | {r['ssim_input']:.3f} | {r['ssim_rl']:.3f} | {r['ssim_output']:.3f} | "
                   f"{r['psnr_input']:.2f} | {r['psnr_rl']:.2f} | {r['psnr_output']:.2f} | "
                   f"{100 * r['network_share']:.0f} % |")
+        gain = rep["gain_abs_z_ge_3"]
         print(f"worst bin change {rep['worst_bin_change']:+.3f} (gate >= -0.005); mean gain |z| >= 3 "
-              f"{rep['gain_abs_z_ge_3']:+.3f}; at or above RL in {rep['bins_at_or_above_rl']} of "
+              f"{'n/a' if gain is None else f'{gain:+.3f}'}; at or above RL in {rep['bins_at_or_above_rl']} of "
               f"{rep['bins_z_ge_3']} bins |z| >= 3")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
