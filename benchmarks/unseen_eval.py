@@ -29,7 +29,8 @@ Usage::
 
     python benchmarks/fetch_unseen_sources.py
     python benchmarks/unseen_eval.py --unseen --size 288 --fields 4 [--model deepr-fluorescence]
-        [--model deconvolve:brightfield] [--spherical 0.2 0.5] [--z 0 1 2 3 4 5] [--mpp 0.325] [--json out.json]
+        [--model deconvolve:brightfield] [--spherical 0.2 0.5] [--z 0 1 2 3 4 5] [--mpp 0.325]
+        [--astigmatism 0.02 0.1] [--coma 0.02 0.1] [--sharpen 0.5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -97,11 +98,13 @@ def _fields(images: list[np.ndarray], modality: str, *, size: int, count: int, r
 
 
 def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | None, rng,
-             koehler: bool = False) -> np.ndarray:
+             koehler: bool = False, sharpen: float = 0.0) -> np.ndarray:
     """What a scanner with ``setting`` records of ``obj`` ([0, 1]) at defocus ``z``: 8-bit.
 
     ``koehler``: partially coherent brightfield (condenser NA 0.45, phase 1 rad per unit OD,
     :func:`wsi_deepr.optics.koehler.defocus_koehler`) instead of incoherent imaging.
+    ``sharpen``: the scanner's unsharp mask, ``x + sharpen (x - G_1px * x)``, after the noise and
+    before JPEG.
     """
     from wsi_deepr.optics import defocus
     from wsi_deepr.optics.koehler import defocus_koehler
@@ -109,6 +112,10 @@ def _capture(obj: np.ndarray, setting, z: float, *, photons: float, jpeg: int | 
 
     blurred = defocus_koehler(obj, setting, z) if koehler else defocus(obj, setting, z)
     img = add_poisson_gaussian_noise(blurred, rng, photons=photons, read_noise=0.0)
+    if sharpen:
+        from scipy.ndimage import gaussian_filter
+
+        img = img + sharpen * (img - gaussian_filter(img, sigma=(1.0, 1.0, 0.0)[:img.ndim]))
     if jpeg is not None:
         img = jpeg_recompress(np.clip(img, 0, 1), jpeg)
     return np.clip(np.rint(np.clip(img, 0, 1) * 255), 0, 255).astype(np.uint8)
@@ -153,7 +160,9 @@ def _subject(name: str) -> tuple[str | None, str, str]:
 
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
              margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
-             unseen: bool = False, illumination: str = "incoherent", mpp: float = MPP) -> dict:
+             unseen: bool = False, illumination: str = "incoherent", mpp: float = MPP,
+             astigmatism: tuple[float, float] = (0.0, 0.0), coma: tuple[float, float] = (0.0, 0.0),
+             sharpen: float = 0.0) -> dict:
     """Per-|z| SSIM/PSNR of input, RL-true-PSF and the default ``refocus`` output of ``subject``.
 
     ``subject``: an installed model's name, ``deconvolve:brightfield`` /
@@ -162,7 +171,10 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
     does with no ``--model`` and no ``--method``).  ``unseen``: the images
     of ``benchmarks/fetch_unseen_sources.py`` of the subject's modality.
     ``illumination="koehler"``: brightfield captured partially coherently
-    (Köhler; the truth too), outside every training recipe.
+    (Köhler; the truth too), outside every training recipe.  ``astigmatism``,
+    ``coma``: ranges of the Noll-6 / Noll-8 coefficients (waves RMS, random
+    sign; the training recipes have neither), known to the RL oracle.
+    ``sharpen``: the scanner's unsharp mask on every capture, the truth too.
     """
     from export.evaluate import rl_true_psf
     from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
@@ -184,19 +196,23 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
         for k, field in enumerate(chosen):
             top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
             obj = np.clip(field.astype(np.float32) / top, 0, 1)
+            extra = {name: float(rng.choice([-1, 1]) * rng.uniform(*rng_range))
+                     for name, rng_range in (("astigmatism_waves", astigmatism), ("coma_waves", coma))
+                     if rng_range[1] > 0}  # drawn only when asked: the default fields stay the same
             setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=mpp,
-                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)))
+                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)), **extra)
             photons = float(rng.uniform(300, 3000))
             jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
             target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng,
-                              koehler=koehler).astype(np.float32) / 255
+                              koehler=koehler, sharpen=sharpen).astype(np.float32) / 255
             for z in z_grid:
                 sign = 1 if (k + int(z)) % 2 == 0 else -1
-                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler)
+                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler,
+                                    sharpen=sharpen)
                 out, focus = _refocus(captured, model, Path(tmp), method, mpp=mpp)
                 inp = captured.astype(np.float32) / 255
                 rl = rl_true_psf(inp, na=na, pixel_size_um=mpp, z_um=sign * z, wavelengths_um=wavelengths,
-                                 spherical_waves=setting.spherical_waves)
+                                 spherical_waves=setting.spherical_waves, **extra)
                 rec = {"z": z, "field": k, "refocused_windows": focus.get("refocused_windows"),
                        "windows": focus.get("windows")}
                 for key, img in (("input", inp), ("output", out.astype(np.float32) / 255), ("rl", rl)):
@@ -214,7 +230,10 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
             "optics": f"NA {na:g}, {mpp:g} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
                       "300-3000 photons" + (", Koehler illumination (condenser NA 0.45, phase 1 rad/OD)"
                                             if koehler else "")
-                      + (", JPEG Q70-95" if modality == "brightfield" else ""),
+                      + (", JPEG Q70-95" if modality == "brightfield" else "")
+                      + "".join(f", {name} {lo:g}-{hi:g} waves" for name, (lo, hi) in
+                                (("astigmatism", astigmatism), ("coma", coma)) if hi > 0)
+                      + (f", unsharp mask {sharpen:g}" if sharpen else ""),
             "rows": rows,
             "worst_bin_change": min(r["ssim_output"] - r["ssim_input"] for r in rows),
             "gain_abs_z_ge_3": float(np.mean([r["ssim_output"] - r["ssim_input"] for r in far])) if far else None,
@@ -235,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=384, help="field side in px (288 fits every unseen source)")
     p.add_argument("--illumination", choices=["incoherent", "koehler"], default="incoherent",
                    help="brightfield imaging model: incoherent (the training recipe's) or partially coherent Koehler")
+    p.add_argument("--astigmatism", type=float, nargs=2, default=(0.0, 0.0), metavar=("LOW", "HIGH"),
+                   help="range of |Noll-6 astigmatism| in waves RMS (not in any training recipe) [none]")
+    p.add_argument("--coma", type=float, nargs=2, default=(0.0, 0.0), metavar=("LOW", "HIGH"),
+                   help="range of |Noll-8 coma| in waves RMS (not in any training recipe) [none]")
+    p.add_argument("--sharpen", type=float, default=0.0,
+                   help="the scanner's unsharp mask (amount, 1-px Gaussian) on every capture and the truth [0]")
     p.add_argument("--mpp", type=float, default=MPP,
                    help="pixel size of the simulated captures in µm/px (0.325: a 20x fluorescence camera)")
     p.add_argument("--source", action="append", type=Path, default=None, help="in-focus image or slide")
@@ -248,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     subjects = args.model or [m.name for m in list_models()] + ["deconvolve:brightfield", "deconvolve:fluorescence"]
     reports = [evaluate(m, args.source, fields=args.fields, z_grid=args.z, na=args.na,
                         spherical=tuple(args.spherical), unseen=args.unseen, size=args.size,
-                        illumination=args.illumination, mpp=args.mpp) for m in subjects]
+                        illumination=args.illumination, mpp=args.mpp, astigmatism=tuple(args.astigmatism),
+                        coma=tuple(args.coma), sharpen=args.sharpen) for m in subjects]
     for rep in reports:
         print(f"\n{rep['model']} ({rep['fields']} fields; {rep['optics']}; sources: "
               f"{', '.join(Path(s).name for s in rep['sources'])})")

@@ -94,15 +94,17 @@ class Refocuser:
 
 
 def rl_true_psf(image: np.ndarray, *, na: float, pixel_size_um: float, z_um: float, wavelengths_um: tuple,
-                spherical_waves: float = 0.0, refractive_index: float = 1.0, iterations: int = 30) -> np.ndarray:
-    """Richardson-Lucy deconvolution (scikit-image) of ``(H, W, C)`` with the true defocus PSF."""
+                spherical_waves: float = 0.0, refractive_index: float = 1.0, iterations: int = 30,
+                astigmatism_waves: float = 0.0, coma_waves: float = 0.0) -> np.ndarray:
+    """Richardson-Lucy deconvolution (scikit-image) of ``(H, W, C)`` with the true defocus PSF (and aberrations)."""
     from skimage.restoration import richardson_lucy
 
     from wsi_deepr.optics import OpticalSetting, psf
 
     setting = OpticalSetting(na=min(na, 0.98 * refractive_index), wavelengths_um=tuple(wavelengths_um),
                              pixel_size_um=pixel_size_um, refractive_index=refractive_index,
-                             spherical_waves=0.0 if not np.isfinite(spherical_waves) else spherical_waves)
+                             spherical_waves=0.0 if not np.isfinite(spherical_waves) else spherical_waves,
+                             astigmatism_waves=astigmatism_waves, coma_waves=coma_waves)
     kernels = psf(setting, z_um)
     side = min(kernels.shape[-1], 2 * (min(image.shape[:2]) // 2) - 1)
     o = (kernels.shape[-1] - side) // 2

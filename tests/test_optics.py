@@ -79,6 +79,32 @@ def test_psf_asymmetric_in_z_with_spherical_aberration():
     assert psf_fwhm_um(s, 2.0, profile="lsf") != pytest.approx(psf_fwhm_um(s, -2.0, profile="lsf"), rel=0.02)
 
 
+def test_astigmatism_swaps_its_axes_across_focus():
+    s = OpticalSetting(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.25, astigmatism_waves=0.1)
+    a, b, c = psf(s, 1.0, size=61)[0], psf(s, -1.0, size=61)[0], psf(s, 0.0, size=61)[0]
+    np.testing.assert_allclose(a, b.T, atol=1e-6 * a.max())  # the line focus turns by 90 degrees through focus
+    yy, xx = np.mgrid[-30:31, -30:31]
+    assert (a * xx**2).sum() < 0.8 * (a * yy**2).sum()
+    np.testing.assert_allclose(c, c.T, atol=1e-6 * c.max())  # in focus: the symmetric cross
+
+
+@pytest.mark.parametrize("aberration", ["astigmatism_waves", "coma_waves"])
+def test_energy_is_conserved_with_astigmatism_and_coma(aberration):
+    s = OpticalSetting(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, **{aberration: 0.1})
+    ref = pupil_energy(s, size=61)
+    for z in (-3.0, 0.0, 2.0):
+        np.testing.assert_allclose(psf(s, z, size=61, normalize=False).sum(axis=(1, 2)), ref, rtol=1e-5)
+
+
+def test_coma_shifts_the_psf_along_x_only():
+    s = OpticalSetting(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.25, coma_waves=0.1)
+    k = psf(s, 0.0, size=61)[0]
+    yy, xx = np.mgrid[-30:31, -30:31]
+    assert abs((k * xx).sum()) > 0.3 and abs((k * yy).sum()) < 1e-6
+    np.testing.assert_allclose(k, k[::-1], atol=1e-6 * k.max())  # mirror-symmetric in y
+    assert s.to_dict()["coma_waves"] == 0.1 and "astigmatism_waves" not in s.to_dict()
+
+
 def test_fwhm_grows_with_defocus():
     s = OpticalSetting(na=0.75, wavelengths_um=(0.53,), pixel_size_um=0.25)
     zs = [0.0, 1.0, 2.0, 4.0, 8.0]
@@ -108,6 +134,10 @@ def test_invalid_settings_name_the_value():
         OpticalSetting(na=0.5, wavelengths_um=(0.5,), pixel_size_um=0.0)
     with pytest.raises(ValueError, match="wavelengths_um"):
         OpticalSetting(na=0.5, wavelengths_um=(500.0,), pixel_size_um=0.5)
+    with pytest.raises(ValueError, match="coma_waves=3"):
+        OpticalSetting(na=0.5, wavelengths_um=(0.5,), pixel_size_um=0.5, coma_waves=3.0)
+    with pytest.raises(ValueError, match="astigmatism_waves=nan"):
+        OpticalSetting(na=0.5, wavelengths_um=(0.5,), pixel_size_um=0.5, astigmatism_waves=float("nan"))
 
 
 @settings(max_examples=15, deadline=None)

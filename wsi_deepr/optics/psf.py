@@ -63,6 +63,12 @@ class OpticalSetting:
     spherical_waves : float
         Primary spherical aberration: Noll-11 Zernike coefficient in waves RMS.
         Zero makes the PSF symmetric in ``±z``.
+    astigmatism_waves : float
+        Primary astigmatism along the image axes: Noll-6 coefficient
+        (``sqrt(6) rho^2 cos 2 theta``) in waves RMS.
+    coma_waves : float
+        Primary coma along x: Noll-8 coefficient (``sqrt(8) (3 rho^3 - 2 rho)
+        cos theta``) in waves RMS.
     """
 
     na: float
@@ -70,6 +76,8 @@ class OpticalSetting:
     pixel_size_um: float
     refractive_index: float = 1.0
     spherical_waves: float = 0.0
+    astigmatism_waves: float = 0.0
+    coma_waves: float = 0.0
 
     def __post_init__(self) -> None:
         wl = self.wavelengths_um
@@ -92,6 +100,11 @@ class OpticalSetting:
                 f"refractive_index={self.refractive_index!r}: must be >= 1 "
                 "(1.0 for dry objectives, 1.518 for oil)"
             )
+        for name in ("spherical_waves", "astigmatism_waves", "coma_waves"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and abs(value) <= 2.0):
+                raise ValueError(f"{name}={value!r}: give a Zernike coefficient in waves RMS within ±2 "
+                                 "(real objectives: below 0.1)")
         if not (0 < self.na <= self.refractive_index):
             raise ValueError(
                 f"na={self.na!r}: the numerical aperture must lie in "
@@ -104,14 +117,18 @@ class OpticalSetting:
         return len(self.wavelengths_um)
 
     def to_dict(self) -> dict:
-        """Plain-JSON description, for provenance."""
-        return {
+        """Plain-JSON description, for provenance (astigmatism and coma only when not zero)."""
+        d = {
             "na": self.na,
             "wavelengths_um": list(self.wavelengths_um),
             "pixel_size_um": self.pixel_size_um,
             "refractive_index": self.refractive_index,
             "spherical_waves": self.spherical_waves,
         }
+        for name in ("astigmatism_waves", "coma_waves"):
+            if getattr(self, name):
+                d[name] = getattr(self, name)
+        return d
 
 
 def _oversampling(setting: OpticalSetting, wavelength: float) -> int:
@@ -124,15 +141,25 @@ def _oversampling(setting: OpticalSetting, wavelength: float) -> int:
 def psf_radius_px(setting: OpticalSetting, z_um: float) -> int:
     """Half-width in pixels of the window that holds the PSF at defocus ``z_um``.
 
-    Geometric blur ``|z| tan(asin(NA/n))`` plus the reach of spherical
-    aberration plus :data:`_DIFFRACTION_REACH` ``lambda/NA`` of diffraction
+    Geometric blur ``|z| tan(asin(NA/n))`` plus the reach of the
+    aberrations (the spherical term's, for their summed coefficients) plus :data:`_DIFFRACTION_REACH` ``lambda/NA`` of diffraction
     tails, for the longest wavelength.
     """
     wl = max(setting.wavelengths_um)
     sin_t = min(setting.na / setting.refractive_index, 0.999)
     geometric = abs(float(z_um)) * sin_t / math.sqrt(1.0 - sin_t**2)
-    spread = (_DIFFRACTION_REACH + _SPHERICAL_REACH * abs(setting.spherical_waves)) * wl / setting.na
+    aberration = abs(setting.spherical_waves) + abs(setting.astigmatism_waves) + abs(setting.coma_waves)
+    spread = (_DIFFRACTION_REACH + _SPHERICAL_REACH * aberration) * wl / setting.na
     return math.ceil((geometric + spread) / setting.pixel_size_um) + 2
+
+
+@functools.lru_cache(maxsize=16)
+def _freq_xy(n_fine: int, dx_fine: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(fy, fx)`` spatial frequencies of every sample of an ``n_fine`` FFT grid (read-only)."""
+    f = sfft.fftfreq(n_fine, d=dx_fine)
+    fy = np.broadcast_to(f[:, None], (n_fine, n_fine))
+    fx = np.broadcast_to(f[None, :], (n_fine, n_fine))
+    return fy, fx
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,6 +186,13 @@ def _pupil(
     if setting.spherical_waves:
         rho2 = fi / cutoff**2
         phase += 2.0 * np.pi * setting.spherical_waves * math.sqrt(5.0) * (6.0 * rho2**2 - 6.0 * rho2 + 1.0)
+    if setting.astigmatism_waves or setting.coma_waves:
+        fy, fx = _freq_xy(n_fine, dx_fine)
+        u, v = fx[inside] / cutoff, fy[inside] / cutoff  # rho cos(theta), rho sin(theta)
+        if setting.astigmatism_waves:
+            phase += 2.0 * np.pi * setting.astigmatism_waves * math.sqrt(6.0) * (u * u - v * v)
+        if setting.coma_waves:
+            phase += 2.0 * np.pi * setting.coma_waves * math.sqrt(8.0) * (3.0 * (u * u + v * v) - 2.0) * u
     pupil = np.zeros(f2.shape, dtype=np.complex64)
     pupil[inside] = np.exp(1j * phase)
     return pupil
