@@ -18,8 +18,9 @@ arguments or the environment variables ``WSI_DEEPR_QUEUE``,
 Job size (:func:`job_size`): ``cores`` threads split over ``processes``
 worker processes (a divisor of ``cores``; 1 for GPU jobs, else ``cores // 4``
 by default), each with ``memory / processes``.  :func:`check_job_fits`
-compares a job with the nodes ``sinfo`` reports, since SLURM leaves a job
-that no node can run pending for ever.  Worker logs go to ``log_directory``
+compares a job with the nodes ``sinfo`` (SLURM) or ``pbsnodes -a -F json``
+(OpenPBS / PBS Pro, with the queue's ``resources_max.walltime`` from ``qstat
+-Qf``) reports, since both leave a job that no node can run queued for ever.  Worker logs go to ``log_directory``
 (``$WSI_DEEPR_LOG_DIR``, ``./wsi-deepr-logs``); the dashboard to
 ``dashboard_address`` (a free port when ``:8787`` is taken); ``interface``
 picks the network of the scheduler and workers (``lo`` on one machine).
@@ -46,7 +47,8 @@ from typing import NamedTuple
 from wsi_deepr.parallel.cluster import free_address
 
 __all__ = [
-    "JobTooLargeError", "NodeInfo", "check_job_fits", "job_size", "make_cluster", "pbs_cluster",
+    "JobTooLargeError", "NodeInfo", "check_job_fits", "job_size", "make_cluster", "parse_pbsnodes", "pbs_cluster",
+    "pbs_nodes",
     "slurm_cluster", "slurm_nodes",
 ]
 
@@ -144,6 +146,17 @@ def _slurm_mebibytes(memory: str) -> int:
     return 1
 
 
+def _pbs_mebibytes(memory: str, *, round_up: bool = True) -> int:
+    """MiB of a PBS size: what dask-jobqueue's ``select=...:mem=`` asks for ``memory`` (its lower-cased
+    string; PBS units are binary), rounded up, or a node's memory (``round_up=False``)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(b|w)?\s*", memory.lower())
+    if not m:
+        raise ValueError(f"memory={memory!r}: give a size such as 48GB")
+    number, prefix, unit = float(m.group(1)), m.group(2), m.group(3) or "b"
+    n = number * 1024 ** "_kmgtp".index(prefix or "_") * (8 if unit == "w" else 1)
+    return max(1, math.ceil(n / 1024**2)) if round_up else int(n // 1024**2)
+
+
 def _minutes(limit: str) -> float:
     """SLURM time ``[D-]HH:MM:SS`` / ``MM:SS`` / ``infinite`` in minutes."""
     limit = limit.strip()
@@ -158,7 +171,7 @@ def _minutes(limit: str) -> float:
 
 
 class NodeInfo(NamedTuple):
-    """One SLURM node of a partition, as ``sinfo`` reports it."""
+    """One node of a partition or queue, as ``sinfo`` or ``pbsnodes`` reports it."""
 
     name: str
     partition: str
@@ -194,26 +207,88 @@ def slurm_nodes(partition: str | None = None) -> list[NodeInfo]:
     return nodes
 
 
+def parse_pbsnodes(text: str, *, queue: str = "", time_limit: str = "infinite") -> list[NodeInfo]:
+    """The nodes of ``pbsnodes -a -F json`` output (OpenPBS / PBS Pro).
+
+    Cores from ``resources_available.ncpus`` (else ``pcpus``), memory from
+    ``resources_available.mem`` (PBS sizes such as ``527672488kb``), GPUs from
+    ``resources_available.ngpus``; every node gets ``queue`` and ``time_limit``.
+    """
+    import json
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"pbsnodes -a -F json printed no JSON ({exc}); is this OpenPBS / PBS Pro?") from exc
+    nodes = []
+    for name, node in (data.get("nodes") or {}).items():
+        res = node.get("resources_available") or {}
+        cpus = int(res.get("ncpus", node.get("pcpus", 0)) or 0)
+        mem = str(res.get("mem", "0kb"))
+        nodes.append(NodeInfo(name, queue, cpus, _pbs_mebibytes(mem, round_up=False),
+                              int(res.get("ngpus", 0) or 0), time_limit))
+    return nodes
+
+
+def pbs_nodes(queue: str | None = None) -> list[NodeInfo]:
+    """The nodes from ``pbsnodes -a -F json``, with the walltime limit of ``queue`` (``qstat -Qf -F json``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``pbsnodes`` is not on the ``PATH``.
+    RuntimeError
+        ``pbsnodes`` failed or printed no JSON (its message is included).
+    """
+    import json
+
+    if shutil.which("pbsnodes") is None:
+        raise FileNotFoundError("pbsnodes not found on PATH")
+    cmd = ["pbsnodes", "-a", "-F", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    limit = "infinite"
+    if queue and shutil.which("qstat"):
+        q = subprocess.run(["qstat", "-Q", "-f", "-F", "json", queue], capture_output=True, text=True, timeout=30,
+                           check=False)
+        if not q.returncode:
+            try:
+                limit = json.loads(q.stdout)["Queue"][queue]["resources_max"]["walltime"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass
+    return parse_pbsnodes(proc.stdout, queue=queue or "", time_limit=limit)
+
+
 def check_job_fits(*, cores: int, memory: str, gpus: int = 0, walltime: str | None = None,
-                   queue: str | None = None, nodes: list[NodeInfo] | None = None) -> None:
+                   queue: str | None = None, nodes: list[NodeInfo] | None = None, system: str = "slurm") -> None:
     """Raise :class:`JobTooLargeError` when no node of ``queue`` can ever run the worker job.
 
     SLURM accepts such a job and leaves it pending for ever (reason
     ``PartitionConfig``, or "Invalid generic resource" for GPUs on a
-    cluster without GRES): check before submitting.  ``nodes`` default to
-    :func:`slurm_nodes`; without ``sinfo`` nothing is checked (logged).
+    cluster without GRES), and PBS queues it for ever: check before
+    submitting.  ``nodes`` default to :func:`slurm_nodes` or
+    :func:`pbs_nodes` (``system``); without ``sinfo`` / ``pbsnodes``
+    nothing is checked (logged).
     """
+    if system not in ("slurm", "pbs"):
+        raise ValueError(f"system must be 'slurm' or 'pbs', got {system!r}")
+    tool = "sinfo" if system == "slurm" else "pbsnodes"
     if nodes is None:
         try:
-            nodes = slurm_nodes(queue)
+            nodes = slurm_nodes(queue) if system == "slurm" else pbs_nodes(queue)
         except (FileNotFoundError, RuntimeError, subprocess.TimeoutExpired) as exc:
             log.warning("job size not checked against the nodes: %s", exc)
             return
-    where = f"partition {queue}" if queue else "the cluster"
-    mib = _slurm_mebibytes(memory)
-    asked = f"{cores} cores, {memory} (--mem={mib}M)" + (f", {gpus} GPU" if gpus else "")
+    where = (f"partition {queue}" if system == "slurm" else f"queue {queue}") if queue else "the cluster"
+    if system == "slurm":
+        mib = _slurm_mebibytes(memory)
+        asked = f"{cores} cores, {memory} (--mem={mib}M)" + (f", {gpus} GPU" if gpus else "")
+    else:
+        mib = _pbs_mebibytes(memory)
+        asked = f"{cores} cores, {memory} (mem={memory.lower()}, {mib} MiB)" + (f", {gpus} GPU" if gpus else "")
     if not nodes:
-        raise JobTooLargeError(f"a worker job of {asked} cannot run: {where} has no nodes (sinfo); "
+        raise JobTooLargeError(f"a worker job of {asked} cannot run: {where} has no nodes ({tool}); "
                                f"check --queue")
     fits = [n for n in nodes if n.cpus >= cores and n.memory_mb >= mib and n.gpus >= gpus]
     if walltime and fits and all(_minutes(walltime) > _minutes(n.time_limit) for n in fits):

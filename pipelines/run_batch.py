@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the worker jobs' logs [$WSI_DEEPR_LOG_DIR or ./wsi-deepr-logs]")
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the first worker")
     parser.add_argument("--no-size-check", action="store_true",
-                        help="submit without checking the job size against the nodes (sinfo)")
+                        help="submit without checking the job size against the nodes (sinfo, pbsnodes)")
     args = parser.parse_args(own)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
 
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         size = job_size(gpu=args.gpu, cores=args.cores, memory=args.memory, processes=args.processes)
-        if args.system == "slurm" and not args.no_size_check:
+        if not args.no_size_check:
             check_job_fits(cores=size["cores"], memory=size["memory"], gpus=1 if args.gpu else 0,
-                           walltime=args.walltime, queue=args.queue)
+                           walltime=args.walltime, queue=args.queue, system=args.system)
     except ValueError as exc:  # JobTooLargeError too
         print(f"run_batch.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -180,6 +180,48 @@ def test_job_that_fits_no_node_is_named() -> None:
         clusters.check_job_fits(cores=8, memory="4GB", walltime="2-00:00:00", nodes=small)
 
 
+#: ``pbsnodes -a -F json`` as OpenPBS 2022 prints it (abridged to the attributes read; node names made up)
+PBSNODES_JSON = """{
+ "timestamp":1699630815, "pbs_version":"2022.1.1.20220926110806", "pbs_server":"pbs-01",
+ "nodes":{
+  "gpu01":{"Mom":"gpu01.cluster", "ntype":"PBS", "state":"free", "pcpus":64,
+           "resources_available":{"arch":"linux", "host":"gpu01", "mem":"527672488kb", "ncpus":64, "ngpus":4,
+                                  "vnode":"gpu01"},
+           "resources_assigned":{}, "resv_enable":"True", "sharing":"default_shared"},
+  "cpu01":{"Mom":"cpu01.cluster", "ntype":"PBS", "state":"job-busy", "pcpus":16,
+           "resources_available":{"arch":"linux", "host":"cpu01", "mem":"32gb", "ncpus":16, "vnode":"cpu01"},
+           "resources_assigned":{"ncpus":16}, "resv_enable":"True", "sharing":"default_shared"}
+ }
+}"""
+
+
+def test_pbs_nodes_are_read_and_a_job_that_fits_none_is_named(caplog) -> None:
+    clusters = _clusters()
+    nodes = clusters.parse_pbsnodes(PBSNODES_JSON, queue="workq", time_limit="24:00:00")
+    assert nodes == [clusters.NodeInfo("gpu01", "workq", 64, 515305, 4, "24:00:00"),
+                     clusters.NodeInfo("cpu01", "workq", 16, 32768, 0, "24:00:00")]
+    assert clusters._pbs_mebibytes("48GB") == 49152 and clusters._pbs_mebibytes("512mb") == 512
+    clusters.check_job_fits(cores=16, memory="32GB", nodes=nodes, system="pbs")  # cpu01 exactly
+    with pytest.raises(clusters.JobTooLargeError,
+                       match=r"16 cores, 48GB \(mem=48gb, 49152 MiB\) fits no node of the cluster: the largest is "
+                             r"cpu01 with 16 cores, 32768 MB; pass e.g. --cores 16 --memory 28GB"):
+        clusters.check_job_fits(cores=16, memory="48GB", nodes=nodes[1:], system="pbs")
+    with pytest.raises(clusters.JobTooLargeError, match=r"walltime 48:00:00 exceeds .*24:00:00"):
+        clusters.check_job_fits(cores=8, memory="4GB", walltime="48:00:00", nodes=nodes, system="pbs")
+    with pytest.raises(RuntimeError, match="printed no JSON"):
+        clusters.parse_pbsnodes("Mom = node01\n     state = free")
+    with pytest.raises(ValueError, match="system must be"):
+        clusters.check_job_fits(cores=1, memory="1GB", nodes=nodes, system="lsf")
+
+
+def test_size_check_without_pbsnodes_is_logged_not_fatal(monkeypatch, caplog) -> None:
+    clusters = _clusters()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with caplog.at_level("WARNING"):
+        clusters.check_job_fits(cores=512, memory="4TB", system="pbs")
+    assert "pbsnodes not found on PATH" in caplog.text
+
+
 def test_taken_dashboard_port_falls_back_to_a_free_one(tmp_path) -> None:
     clusters = _clusters()
     with socket.socket() as taken:
