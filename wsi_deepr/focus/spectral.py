@@ -91,10 +91,10 @@ def _radial_mean(values: np.ndarray, idx: np.ndarray, counts: np.ndarray) -> np.
     """``(N, nb)`` radial means of ``(N, h, w//2+1)`` values."""
     nb = len(counts)
     flat = values.reshape(len(values), -1)
-    onehot_sum = np.zeros((len(values), nb + 1))
+    sums = np.zeros((len(values), nb + 1))
     for k in range(len(values)):
-        onehot_sum[k] = np.bincount(idx, weights=flat[k], minlength=nb + 1)
-    return onehot_sum[:, :nb] / np.maximum(counts, 1.0)[None, :]
+        sums[k] = np.bincount(idx, weights=flat[k], minlength=nb + 1)
+    return sums[:, :nb] / np.maximum(counts, 1.0)[None, :]
 
 
 @lru_cache(maxsize=16)
