@@ -42,38 +42,16 @@ import unseen_eval as U  # noqa: E402
 def measure(modality: str, *, unseen: bool, mpp: float, na: float, size: int, fields: int, z_grid: list[float],
             margin: int = 32, seed: int = 0) -> dict:
     """Mean SSIM per ``|z|`` of the input and the three Richardson-Lucy variants (module docstring)."""
-    from export.evaluate import rl_true_psf
-    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, FLUORESCENCE_WAVELENGTH_UM, OpticalSetting
-
-    if unseen:
-        from fetch_unseen_sources import bright_sources, fluorescence_sources
-
-        sources = bright_sources() if modality == "brightfield" else fluorescence_sources()
-        if not sources:
-            raise SystemExit("no unseen sources fetched: run python benchmarks/fetch_unseen_sources.py first")
-    else:
-        sources = U._default_sources(modality)
-    rng = np.random.default_rng(seed)  # drawn in unseen_eval.evaluate's order: the same fields and captures
-    chosen = U._fields([U._load(s) for s in sources], modality, size=size, count=fields, rng=rng)
-    wavelengths = BRIGHTFIELD_WAVELENGTHS_UM if modality == "brightfield" else (FLUORESCENCE_WAVELENGTH_UM,)
+    sources = U.resolve_sources(modality, None, unseen=unseen)
     per_z: dict[float, list[dict]] = {z: [] for z in z_grid}
-    for k, field in enumerate(chosen):
-        top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
-        obj = np.clip(field.astype(np.float32) / top, 0, 1)
-        sph = float(rng.choice([-1, 1]) * rng.uniform(*U.SPHERICAL))
-        setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=mpp, spherical_waves=sph)
-        photons = float(rng.uniform(300, 3000))
-        jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
-        target = U._capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng).astype(np.float32) / 255
-        for z in z_grid:
-            sign = 1 if (k + int(z)) % 2 == 0 else -1
-            cap = U._capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng).astype(np.float32) / 255
-            common = {"na": na, "pixel_size_um": mpp, "wavelengths_um": wavelengths}
-            outs = {"input": cap,
-                    "rl_true": rl_true_psf(cap, z_um=sign * z, spherical_waves=sph, iterations=30, **common),
-                    "rl_z30": rl_true_psf(cap, z_um=z, iterations=30, **common),
-                    "rl_z10s": rl_true_psf(cap, z_um=0.8 * z, iterations=10, **common)}
-            per_z[z].append({key: U._score(img, target, margin)[0] for key, img in outs.items()})
+    for case in U.cases(modality, sources, fields=fields, z_grid=z_grid, size=size, seed=seed, na=na, mpp=mpp):
+        cap = case.captured.astype(np.float32) / 255
+        free = {"spherical_waves": 0.0}  # the PSF every blind pipeline uses: no aberration
+        outs = {"input": cap,
+                "rl_true": U.rl_oracle(cap, case.setting, case.signed_z, iterations=30),
+                "rl_z30": U.rl_oracle(cap, case.setting, case.z, iterations=30, **free),
+                "rl_z10s": U.rl_oracle(cap, case.setting, 0.8 * case.z, iterations=10, **free)}
+        per_z[case.z].append({key: U._score(img, case.target, margin)[0] for key, img in outs.items()})
     rows = [{"z": z, "n": len(recs), **{key: float(np.mean([r[key] for r in recs])) for key in recs[0]}}
             for z, recs in per_z.items()]
     return {"modality": modality, "mpp": mpp, "na": na, "sources": [str(s) for s in sources], "rows": rows}

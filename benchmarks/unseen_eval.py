@@ -40,7 +40,9 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -158,6 +160,72 @@ def _subject(name: str) -> tuple[str | None, str, str]:
     return name, "deepr", resolve_model(name, modality=Modality.BRIGHTFIELD).card.modality.value
 
 
+class Case(NamedTuple):
+    """One defocused capture of one field and its truth (:func:`cases`)."""
+
+    field: int
+    z: float
+    signed_z: float
+    captured: np.ndarray  # (H, W, C) uint8
+    target: np.ndarray  # (H, W, C) float32 in [0, 1]
+    setting: object  # the OpticalSetting of the field
+
+
+def resolve_sources(modality: str, sources: list[Path] | None, *, unseen: bool) -> list[Path]:
+    """The unseen sources of ``modality``, else ``sources``, else the shared (seen) ones."""
+    if unseen:
+        from fetch_unseen_sources import bright_sources, fluorescence_sources
+
+        sources = bright_sources() if modality == "brightfield" else fluorescence_sources()
+        if not sources:
+            raise SystemExit("no unseen sources fetched: run python benchmarks/fetch_unseen_sources.py first")
+    return list(sources or _default_sources(modality))
+
+
+def cases(modality: str, sources: list[Path], *, fields: int, z_grid: list[float], size: int, seed: int = 0,
+          na: float = NA, spherical: tuple[float, float] = SPHERICAL, mpp: float = MPP, koehler: bool = False,
+          astigmatism: tuple[float, float] = (0.0, 0.0), coma: tuple[float, float] = (0.0, 0.0),
+          sharpen: float = 0.0) -> Iterator[Case]:
+    """Every field of ``sources`` captured at every ``|z|`` of ``z_grid`` (sign alternating), with its truth.
+
+    The seeded draws (fields, optics, noise) are the evaluation's: every
+    benchmark that calls this with the same arguments sees the same captures.
+    """
+    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, FLUORESCENCE_WAVELENGTH_UM, OpticalSetting
+
+    rng = np.random.default_rng(seed)
+    chosen = _fields([_load(s) for s in sources], modality, size=size, count=fields, rng=rng)
+    wavelengths = BRIGHTFIELD_WAVELENGTHS_UM if modality == "brightfield" else (FLUORESCENCE_WAVELENGTH_UM,)
+    for k, field in enumerate(chosen):
+        top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
+        obj = np.clip(field.astype(np.float32) / top, 0, 1)
+        extra = {name: float(rng.choice([-1, 1]) * rng.uniform(*rng_range))
+                 for name, rng_range in (("astigmatism_waves", astigmatism), ("coma_waves", coma))
+                 if rng_range[1] > 0}  # drawn only when asked: the default fields stay the same
+        setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=mpp,
+                                 spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)), **extra)
+        photons = float(rng.uniform(300, 3000))
+        jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
+        target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng,
+                          koehler=koehler, sharpen=sharpen).astype(np.float32) / 255
+        for z in z_grid:
+            sign = 1 if (k + int(z)) % 2 == 0 else -1
+            captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler,
+                                sharpen=sharpen)
+            yield Case(k, z, sign * z, captured, target, setting)
+
+
+def rl_oracle(image: np.ndarray, setting, z_um: float, **kwargs) -> np.ndarray:
+    """Richardson-Lucy with the PSF of ``setting`` (aberrations included) at ``z_um``: the evaluation's oracle."""
+    from export.evaluate import rl_true_psf
+
+    return rl_true_psf(image, na=setting.na, pixel_size_um=setting.pixel_size_um, z_um=z_um,
+                       wavelengths_um=setting.wavelengths_um, **{
+                           "spherical_waves": setting.spherical_waves,
+                           "astigmatism_waves": setting.astigmatism_waves, "coma_waves": setting.coma_waves,
+                           **kwargs})
+
+
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
              margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
              unseen: bool = False, illumination: str = "incoherent", mpp: float = MPP,
@@ -176,48 +244,24 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
     sign; the training recipes have neither), known to the RL oracle.
     ``sharpen``: the scanner's unsharp mask on every capture, the truth too.
     """
-    from export.evaluate import rl_true_psf
-    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting
-
     model, method, modality = _subject(subject)
     koehler = illumination == "koehler" and modality == "brightfield"
-    if unseen:
-        from fetch_unseen_sources import bright_sources, fluorescence_sources
-
-        sources = bright_sources() if modality == "brightfield" else fluorescence_sources()
-        if not sources:
-            raise SystemExit("no unseen sources fetched: run python benchmarks/fetch_unseen_sources.py first")
-    sources = sources or _default_sources(modality)
-    rng = np.random.default_rng(seed)
-    chosen = _fields([_load(s) for s in sources], modality, size=size, count=fields, rng=rng)
-    wavelengths = BRIGHTFIELD_WAVELENGTHS_UM if modality == "brightfield" else (0.52,)
+    sources = resolve_sources(modality, sources, unseen=unseen)
     records = []
+    n_fields = set()
     with tempfile.TemporaryDirectory() as tmp:
-        for k, field in enumerate(chosen):
-            top = 255.0 if modality == "brightfield" else max(float(np.percentile(field, 99.9)), 1.0)
-            obj = np.clip(field.astype(np.float32) / top, 0, 1)
-            extra = {name: float(rng.choice([-1, 1]) * rng.uniform(*rng_range))
-                     for name, rng_range in (("astigmatism_waves", astigmatism), ("coma_waves", coma))
-                     if rng_range[1] > 0}  # drawn only when asked: the default fields stay the same
-            setting = OpticalSetting(na=na, wavelengths_um=wavelengths, pixel_size_um=mpp,
-                                     spherical_waves=float(rng.choice([-1, 1]) * rng.uniform(*spherical)), **extra)
-            photons = float(rng.uniform(300, 3000))
-            jpeg = int(rng.integers(70, 96)) if modality == "brightfield" else None
-            target = _capture(obj, setting, 0.0, photons=1e9, jpeg=None, rng=rng,
-                              koehler=koehler, sharpen=sharpen).astype(np.float32) / 255
-            for z in z_grid:
-                sign = 1 if (k + int(z)) % 2 == 0 else -1
-                captured = _capture(obj, setting, sign * z, photons=photons, jpeg=jpeg, rng=rng, koehler=koehler,
-                                    sharpen=sharpen)
-                out, focus = _refocus(captured, model, Path(tmp), method, mpp=mpp)
-                inp = captured.astype(np.float32) / 255
-                rl = rl_true_psf(inp, na=na, pixel_size_um=mpp, z_um=sign * z, wavelengths_um=wavelengths,
-                                 spherical_waves=setting.spherical_waves, **extra)
-                rec = {"z": z, "field": k, "refocused_windows": focus.get("refocused_windows"),
-                       "windows": focus.get("windows")}
-                for key, img in (("input", inp), ("output", out.astype(np.float32) / 255), ("rl", rl)):
-                    rec[f"ssim_{key}"], rec[f"psnr_{key}"] = _score(img, target, margin)
-                records.append(rec)
+        for case in cases(modality, sources, fields=fields, z_grid=z_grid, size=size, seed=seed, na=na,
+                          spherical=spherical, mpp=mpp, koehler=koehler, astigmatism=astigmatism, coma=coma,
+                          sharpen=sharpen):
+            n_fields.add(case.field)
+            out, focus = _refocus(case.captured, model, Path(tmp), method, mpp=mpp)
+            inp = case.captured.astype(np.float32) / 255
+            rec = {"z": case.z, "field": case.field, "refocused_windows": focus.get("refocused_windows"),
+                   "windows": focus.get("windows")}
+            for key, img in (("input", inp), ("output", out.astype(np.float32) / 255),
+                             ("rl", rl_oracle(inp, case.setting, case.signed_z))):
+                rec[f"ssim_{key}"], rec[f"psnr_{key}"] = _score(img, case.target, margin)
+            records.append(rec)
     rows = []
     for z in z_grid:
         grp = [r for r in records if r["z"] == z]
@@ -226,7 +270,7 @@ def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: l
                      "network_share": float(np.mean([(r["refocused_windows"] or 0) / max(1, r["windows"] or 1)
                                                      for r in grp]))})
     far = [r for r in rows if r["z"] >= 3]
-    return {"model": subject, "modality": modality, "sources": [str(s) for s in sources], "fields": len(chosen),
+    return {"model": subject, "modality": modality, "sources": [str(s) for s in sources], "fields": len(n_fields),
             "optics": f"NA {na:g}, {mpp:g} µm/px, spherical {spherical[0]:g}-{spherical[1]:g} waves, "
                       "300-3000 photons" + (", Koehler illumination (condenser NA 0.45, phase 1 rad/OD)"
                                             if koehler else "")
