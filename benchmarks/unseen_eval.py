@@ -219,11 +219,10 @@ def rl_oracle(image: np.ndarray, setting, z_um: float, **kwargs) -> np.ndarray:
     """Richardson-Lucy with the PSF of ``setting`` (aberrations included) at ``z_um``: the evaluation's oracle."""
     from export.evaluate import rl_true_psf
 
+    aberrations = {"spherical_waves": setting.spherical_waves, "astigmatism_waves": setting.astigmatism_waves,
+                   "coma_waves": setting.coma_waves}
     return rl_true_psf(image, na=setting.na, pixel_size_um=setting.pixel_size_um, z_um=z_um,
-                       wavelengths_um=setting.wavelengths_um, **{
-                           "spherical_waves": setting.spherical_waves,
-                           "astigmatism_waves": setting.astigmatism_waves, "coma_waves": setting.coma_waves,
-                           **kwargs})
+                       wavelengths_um=setting.wavelengths_um, **(aberrations | kwargs))
 
 
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,

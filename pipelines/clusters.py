@@ -36,6 +36,7 @@ Needs ``pip install "wsi-deepr[cluster]"`` (dask-jobqueue).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -214,8 +215,6 @@ def parse_pbsnodes(text: str, *, queue: str = "", time_limit: str = "infinite") 
     ``resources_available.mem`` (PBS sizes such as ``527672488kb``), GPUs from
     ``resources_available.ngpus``; every node gets ``queue`` and ``time_limit``.
     """
-    import json
-
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -240,8 +239,6 @@ def pbs_nodes(queue: str | None = None) -> list[NodeInfo]:
     RuntimeError
         ``pbsnodes`` failed or printed no JSON (its message is included).
     """
-    import json
-
     if shutil.which("pbsnodes") is None:
         raise FileNotFoundError("pbsnodes not found on PATH")
     cmd = ["pbsnodes", "-a", "-F", "json"]

@@ -143,14 +143,16 @@ def spectral_fit(
     if g.ndim != 3 or min(g.shape[1:]) < 32:
         raise ValueError(f"gray of shape {g.shape}: give (N, H, W) windows of at least 32x32 px")
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(g),))
+    if not len(g):
+        empty = np.zeros(0)
+        return SpectralFit(defocus_um=empty, near_fit_um=empty, near_ratio=empty, ratios=np.zeros((0, len(Z_GRID_UM))))
     h2 = _otf_power(float(na), tuple(float(x) for x in wavelengths_um), float(mpp), g.shape[1], g.shape[2])
-    rss = np.concatenate([_fit(g[i:i + _CHUNK], sig[i:i + _CHUNK], h2, mpp)
-                          for i in range(0, len(g), _CHUNK)]) if len(g) else np.zeros((0, len(Z_GRID_UM)))
-    rel = rss / np.maximum(rss.min(axis=1, initial=np.inf), 1e-12)[:, None] if len(g) else rss
+    rss = np.concatenate([_fit(g[i:i + _CHUNK], sig[i:i + _CHUNK], h2, mpp) for i in range(0, len(g), _CHUNK)])
+    rel = rss / np.maximum(rss.min(axis=1), 1e-12)[:, None]
     near = Z_GRID_UM <= near_um + 1e-9
-    return SpectralFit(defocus_um=Z_GRID_UM[np.argmin(rel, axis=1)] if len(g) else np.zeros(0),
-                       near_fit_um=Z_GRID_UM[near][np.argmin(rel[:, near], axis=1)] if len(g) else np.zeros(0),
-                       near_ratio=rel[:, near].min(axis=1, initial=np.inf), ratios=rel)
+    return SpectralFit(defocus_um=Z_GRID_UM[np.argmin(rel, axis=1)],
+                       near_fit_um=Z_GRID_UM[near][np.argmin(rel[:, near], axis=1)],
+                       near_ratio=rel[:, near].min(axis=1), ratios=rel)
 
 
 def _fit(g: np.ndarray, sigma: np.ndarray, h2: np.ndarray, mpp: float) -> np.ndarray:
