@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rep["rows"]:
         print(f"| {r['z']:g} | {r['n']} | {r['input']:.3f} | {r['rl_true']:.3f} | {r['rl_z30']:.3f} | "
               f"{r['rl_z10s']:.3f} |")
-    print(f"({time.perf_counter() - t0:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(rep, indent=1))
-    return 0
+    return U.finish(rep, args.json, t0)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,14 @@ def rl_oracle(image: np.ndarray, setting, z_um: float, **kwargs) -> np.ndarray:
                        wavelengths_um=setting.wavelengths_um, **(aberrations | kwargs))
 
 
+def finish(report, json_path: Path | None, started: float) -> int:
+    """Print the elapsed time, write ``report`` as JSON to ``json_path`` when given; the exit status 0."""
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def evaluate(subject: str, sources: list[Path] | None, *, fields: int, z_grid: list[float], size: int = 384,
              margin: int = 32, seed: int = 0, na: float = NA, spherical: tuple[float, float] = SPHERICAL,
              unseen: bool = False, illumination: str = "incoherent", mpp: float = MPP,

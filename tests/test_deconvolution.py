@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -30,6 +31,15 @@ def ihc() -> np.ndarray:
     import skimage.io
 
     return np.asarray(skimage.io.imread(shared_path("images", "ihc.png")))[..., :3].astype(np.float64) / 255.0
+
+
+@pytest.fixture(scope="module")
+def he_field() -> np.ndarray:
+    """A real in-focus H&E field (CMU-1-Small-Region) as intensities in [0, 1], (320, 320, 3)."""
+    from wsi_deepr import open_slide
+
+    slide = open_slide(shared_path("slides", "CMU-1-Small-Region.svs"))
+    return slide.read_region(0, 400, 1400, 720, 1720)[..., :3].astype(np.float64) / 255.0
 
 
 def _ssim(a: np.ndarray, b: np.ndarray, margin: int = 24) -> float:
@@ -71,9 +81,14 @@ def test_the_estimate_is_shrunk_capped_and_rounded() -> None:
 
 
 def test_tiled_deconvolution_matches_the_whole_image_within_two_levels(ihc) -> None:
-    """The card's halo keeps tiles within the budget of a network (<= 2 levels of 8 bits)."""
+    """The card's halo keeps tiles within the budget of a network (<= 2 levels of 8 bits).
+
+    With the PSF fixed at the widest candidate aberration: the choice among
+    candidates is per window, like the defocus estimate, so it is held fixed here.
+    """
     image = np.clip(np.rint(defocus(ihc[:384, :384], SETTING, 4.0) * 255), 0, 255).astype(np.uint8)
-    info, spec = physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5)
+    info, default = physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5)
+    spec = dataclasses.replace(default, spherical_waves=(max(default.spherical_waves, key=abs),))
     stats = compute_stats(info.card.normalization, image.reshape(-1, 3), dtype=np.uint8, source="test")
     whole = refocus_array(image, spec, stats=stats, defocus=4.0, tile=None, dtype=np.uint8)
     tiled = refocus_array(image, spec, stats=stats, defocus=4.0, tile=256, halo=info.card.halo, overlap=16,
@@ -81,6 +96,45 @@ def test_tiled_deconvolution_matches_the_whole_image_within_two_levels(ihc) -> N
     diff = np.abs(whole.astype(int) - tiled.astype(int))
     m = info.card.halo  # the image border is reflected differently by the two
     assert diff[m:-m, m:-m].max() <= 2, diff[m:-m, m:-m].max()
+
+
+@pytest.mark.parametrize("true_spherical", [-0.08, 0.08])
+def test_the_aberration_of_the_capture_is_chosen_and_restores_better_than_none(he_field, true_spherical) -> None:
+    """A capture with spherical aberration: the choice finds its sign and beats the aberration-free PSF."""
+    crop = he_field
+    aberrated = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5,
+                               spherical_waves=true_spherical)
+    truth, blurred = defocus(crop, aberrated, 0.0), defocus(crop, aberrated, 4.0)
+    spec = Deconvolution(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5, shrink=1.0,
+                         iterations=30, spherical_waves=(-0.1, -0.05, 0.0, 0.05, 0.1))
+    chosen = spec.choose_spherical(_chw(blurred)[0], 4.0)
+    assert np.sign(chosen) == np.sign(true_spherical), chosen
+    free = dataclasses.replace(spec, spherical_waves=(0.0,))
+    out = spec.run(_chw(blurred), np.array([4.0]))[0].transpose(1, 2, 0)
+    out_free = free.run(_chw(blurred), np.array([4.0]))[0].transpose(1, 2, 0)
+    assert _ssim(out, truth) > _ssim(out_free, truth) + 0.02, (_ssim(out, truth), _ssim(out_free, truth))
+
+
+def test_without_aberration_the_choice_costs_little(he_field) -> None:
+    crop = he_field
+    truth, blurred = defocus(crop, SETTING, 0.0), defocus(crop, SETTING, 4.0)
+    spec = Deconvolution(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5, shrink=1.0,
+                         iterations=30, spherical_waves=(-0.1, -0.05, 0.0, 0.05, 0.1))
+    free = dataclasses.replace(spec, spherical_waves=(0.0,))
+    out = spec.run(_chw(blurred), np.array([4.0]))[0].transpose(1, 2, 0)
+    out_free = free.run(_chw(blurred), np.array([4.0]))[0].transpose(1, 2, 0)
+    assert _ssim(out, truth) >= _ssim(out_free, truth) - 0.02
+
+
+def test_a_flat_window_keeps_the_aberration_free_psf_and_bad_candidates_are_refused() -> None:
+    spec = Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, spherical_waves=(0.1, 0.0, -0.1))
+    assert spec.choose_spherical(np.full((1, 64, 64), 0.5, dtype=np.float32), 3.0) == 0.0
+    for bad in ((), (0.0, 0.9)):
+        with pytest.raises(ValueError, match="spherical_waves"):
+            Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, spherical_waves=bad)
+    assert physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5)[1].to_dict()["spherical_waves"] == [
+        -0.1, -0.05, 0.0, 0.05, 0.1]
+    assert physics_model(Modality.FLUORESCENCE, n_channels=1, mpp=0.5)[1].spherical_waves == (0.0,)
 
 
 def test_method_options_are_checked_before_any_slide_is_read() -> None:

@@ -7,6 +7,18 @@ window is deconvolved with the scalar-diffraction defocus PSF of that
 ``|z|`` (:func:`wsi_deepr.optics.psf`, aberration-free, so the sign of ``z``
 does not matter) by Richardson-Lucy (:func:`skimage.restoration.richardson_lucy`).
 
+The defocus map gives ``|z|`` only.  Real objectives add spherical aberration,
+and with it the PSF differs on the two sides of focus (a sharp core in a halo
+on one, a ring on the other): an aberration-free PSF fits neither.  So each
+window is deconvolved, on a central crop, with the PSF of every candidate
+Noll-11 coefficient of :attr:`Deconvolution.spherical_waves` at its ``|z|``
+(a signed coefficient at ``+|z|`` stands for the same magnitude at either
+sign of ``z``), and the candidate whose result has the sparsest gradients
+(the highest excess kurtosis, a standard blind-deconvolution criterion: a
+wrong PSF leaves ringing and residual blur, both of which spread the gradient
+distribution) deconvolves the whole window.  Choosing the defocus itself the
+same way was measured and rejected: the criterion prefers too much.
+
 It is deliberately conservative, because an over-estimated PSF makes ringing
 and invented edges while an under-estimated one only sharpens less: the
 estimate is shrunk (``shrink``), capped (``max_defocus_um``) and the
@@ -55,6 +67,11 @@ MIN_DEFOCUS_UM = {Modality.BRIGHTFIELD: 1.5, Modality.FLUORESCENCE: 2.0}
 MIN_CONFIDENCE = {Modality.BRIGHTFIELD: 0.0, Modality.FLUORESCENCE: 0.45}
 #: Defocus step of the cached PSFs (µm): estimates are rounded to it.
 Z_STEP_UM = 0.25
+#: Candidate spherical aberrations (Noll-11, waves RMS) brightfield chooses from per window: from a
+#: well-corrected objective to a cover-glass error (benchmarks/aberration_choice.py)
+SPHERICAL_CANDIDATES = (-0.1, -0.05, 0.0, 0.05, 0.1)
+#: Side (px) of the central crop on which the aberration is chosen
+CHOICE_CROP_PX = 256
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,10 @@ class Deconvolution:
         Factor on the estimated ``|z|`` (``<= 1``: err towards too little PSF).
     max_defocus_um : float
         Cap on ``|z|`` after shrinking (sets the halo).
+    spherical_waves : tuple of float
+        Candidate Noll-11 spherical-aberration coefficients (waves RMS) of
+        the PSF, chosen per window by gradient sparsity (module docstring);
+        ``(0.0,)``: aberration-free, no choice.
     """
 
     na: float
@@ -85,6 +106,7 @@ class Deconvolution:
     iterations: int = 10
     shrink: float = 0.8
     max_defocus_um: float = 8.0
+    spherical_waves: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.iterations) <= 200:
@@ -93,14 +115,19 @@ class Deconvolution:
             raise ValueError(f"shrink={self.shrink!r}: give a factor in (0, 1.5] on the estimated defocus")
         if not 0 < self.max_defocus_um <= 50:
             raise ValueError(f"max_defocus_um={self.max_defocus_um!r}: give a cap in (0, 50] µm")
-        self.setting(1)  # validates na, wavelengths and pixel size
+        if not self.spherical_waves or any(not abs(float(a)) <= 0.5 for a in self.spherical_waves):
+            raise ValueError(f"spherical_waves={self.spherical_waves!r}: give one or more Noll-11 coefficients "
+                             "within ±0.5 waves RMS, e.g. (0.0,) for an aberration-free PSF")
+        for a in self.spherical_waves:
+            self.setting(1, a)  # validates na, wavelengths, pixel size and the coefficient
 
-    def setting(self, channels: int):
+    def setting(self, channels: int, spherical_waves: float = 0.0):
         """The :class:`~wsi_deepr.optics.OpticalSetting` for windows of ``channels`` channels."""
         from wsi_deepr.optics import OpticalSetting
 
         wl = self.wavelengths_um if len(self.wavelengths_um) == channels else self.wavelengths_um[:1] * channels
-        return OpticalSetting(na=self.na, wavelengths_um=tuple(wl), pixel_size_um=self.pixel_size_um)
+        return OpticalSetting(na=self.na, wavelengths_um=tuple(wl), pixel_size_um=self.pixel_size_um,
+                              spherical_waves=float(spherical_waves))
 
     def defocus_used(self, estimate_um: float) -> float:
         """The ``|z|`` deconvolved for an estimate: shrunk, capped, rounded to :data:`Z_STEP_UM`."""
@@ -111,7 +138,48 @@ class Deconvolution:
         """Radius (px) of the widest PSF used: the halo needed around a window."""
         from wsi_deepr.optics import psf_radius_px
 
-        return int(psf_radius_px(self.setting(len(self.wavelengths_um)), self.max_defocus_um))
+        widest = max(self.spherical_waves, key=abs)
+        return int(psf_radius_px(self.setting(len(self.wavelengths_um), widest), self.max_defocus_um))
+
+    def choose_spherical(self, window: np.ndarray, z_um: float) -> float:
+        """The candidate coefficient whose deconvolution of ``window`` ``(C, H, W)`` has the sparsest gradients.
+
+        Each candidate deconvolves a central crop of at most :data:`CHOICE_CROP_PX`
+        px; the criterion is the excess kurtosis of the horizontal and
+        vertical differences of the channels' mean, away from the crop's
+        edges.  Ties and flat crops (no finite kurtosis) keep the candidate
+        nearest 0.
+        """
+        candidates = sorted(self.spherical_waves, key=abs)
+        if len(candidates) == 1:
+            return float(candidates[0])
+        from scipy.stats import kurtosis
+
+        h, w = window.shape[1:]
+        side_y, side_x = min(h, CHOICE_CROP_PX), min(w, CHOICE_CROP_PX)
+        y0, x0 = (h - side_y) // 2, (w - side_x) // 2
+        crop = window[:, y0:y0 + side_y, x0:x0 + side_x]
+        edge = max(2, min(side_y, side_x) // 8)
+        scores = []
+        for a in candidates:
+            restored = self._deconvolve(crop, z_um, a).mean(axis=0)[edge:-edge, edge:-edge]
+            grads = np.concatenate([np.diff(restored, axis=0).ravel(), np.diff(restored, axis=1).ravel()])
+            k = float(kurtosis(grads)) if grads.size > 3 and grads.std() > 0 else np.nan
+            scores.append(k if np.isfinite(k) else -np.inf)
+        return float(candidates[int(np.argmax(scores))])
+
+    def _deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float) -> np.ndarray:
+        """Richardson-Lucy of every channel of ``window`` ``(C, H, W)`` with the PSF of ``(z_um, spherical_waves)``."""
+        from skimage.restoration import richardson_lucy
+
+        kernels = _kernels(self, window.shape[0], z_um, spherical_waves)
+        out = np.empty(window.shape, dtype=np.float64)
+        for c, kernel in enumerate(kernels):
+            pad = kernel.shape[0] // 2
+            plane = np.pad(np.clip(window[c], 1e-4, None).astype(np.float64), pad, mode="reflect")
+            restored = richardson_lucy(plane, kernel, num_iter=int(self.iterations), clip=False)
+            out[c] = restored[pad:pad + window.shape[1], pad:pad + window.shape[2]]
+        return out
 
     def run(self, batch: np.ndarray, defocus_um: np.ndarray | None, *, model_channels: int | None = None) -> np.ndarray:
         """Deconvolve ``batch`` ``(N, C, H, W)`` (intensities in ``[0, 1]``) window by window.
@@ -138,8 +206,6 @@ class Deconvolution:
         numpy.ndarray
             ``float32`` array of ``batch``'s shape.
         """
-        from skimage.restoration import richardson_lucy
-
         if defocus_um is None:
             raise ValueError("Deconvolution is non-blind: it needs each window's defocus estimate (the defocus map)")
         z_all = np.asarray(defocus_um, dtype=np.float64).reshape(-1)
@@ -152,28 +218,25 @@ class Deconvolution:
             z = self.defocus_used(estimate)
             if z <= 0:
                 continue
-            kernels = _kernels(self, batch.shape[1], z)
-            for c in range(batch.shape[1]):
-                kernel = kernels[c]
-                pad = kernel.shape[0] // 2
-                plane = np.pad(np.clip(batch[k, c], 1e-4, None).astype(np.float64), pad, mode="reflect")
-                restored = richardson_lucy(plane, kernel, num_iter=int(self.iterations), clip=False)
-                out[k, c] = restored[pad:pad + batch.shape[2], pad:pad + batch.shape[3]]
+            spherical = self.choose_spherical(batch[k], z)
+            log.debug("window %d: |z| %.2f µm, spherical aberration %+.3f waves", k, z, spherical)
+            out[k] = self._deconvolve(batch[k], z, spherical)
         return out
 
     def to_dict(self) -> dict:
         """Plain-JSON parameters (provenance, fingerprint)."""
         d = asdict(self)
         d["wavelengths_um"] = list(self.wavelengths_um)
+        d["spherical_waves"] = list(self.spherical_waves)
         return {"method": METHOD_NAME, **d}
 
 
-@functools.lru_cache(maxsize=128)
-def _kernels(spec: Deconvolution, channels: int, z_um: float) -> tuple[np.ndarray, ...]:
+@functools.lru_cache(maxsize=256)
+def _kernels(spec: Deconvolution, channels: int, z_um: float, spherical_waves: float = 0.0) -> tuple[np.ndarray, ...]:
     """Non-negative, unit-sum PSF of every channel at ``z_um`` (cached per worker)."""
     from wsi_deepr.optics import psf
 
-    stack = psf(spec.setting(channels), z_um)
+    stack = psf(spec.setting(channels, spherical_waves), z_um)
     out = []
     for k in stack:
         k = np.clip(k, 0, None)  # the band-limited PSF rings slightly negative; RL needs >= 0
@@ -182,8 +245,8 @@ def _kernels(spec: Deconvolution, channels: int, z_um: float) -> tuple[np.ndarra
 
 
 def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pixel_size_um: float | None = None,
-                  iterations: int = 10, shrink: float = 0.8, max_defocus_um: float = 8.0) -> tuple[ModelInfo,
-                                                                                                   Deconvolution]:
+                  iterations: int = 10, shrink: float = 0.8, max_defocus_um: float = 8.0,
+                  spherical_waves: tuple[float, ...] | None = None) -> tuple[ModelInfo, Deconvolution]:
     """The method for a slide, and its card as a :class:`ModelInfo` the pipeline plans with.
 
     Parameters
@@ -200,8 +263,10 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
     pixel_size_um : float, optional
         µm/px of the windows when they are not level 0 (a network's
         processing scale, :class:`~wsi_deepr.restore.Handoff`); default ``mpp``.
-    iterations, shrink, max_defocus_um
-        See :class:`Deconvolution`.
+    iterations, shrink, max_defocus_um, spherical_waves
+        See :class:`Deconvolution`.  Default candidates: :data:`SPHERICAL_CANDIDATES` for brightfield
+        RGB; for fluorescence only ``(0.0,)``, since on nuclear stains the gradient criterion found the sign
+        no better than chance (``benchmarks/aberration_choice.py``).
     """
     from wsi_deepr import __version__
     from wsi_deepr.focus.estimate import na_prior
@@ -211,8 +276,11 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
     pixel = float(pixel_size_um) if pixel_size_um else level0
     rgb = modality is Modality.BRIGHTFIELD and n_channels == 3
     wavelengths = tuple(BRIGHTFIELD_WAVELENGTHS_UM) if rgb else (FLUORESCENCE_WAVELENGTH_UM,)
+    if spherical_waves is None:
+        spherical_waves = SPHERICAL_CANDIDATES if rgb else (0.0,)
     spec = Deconvolution(na=na_prior(level0), wavelengths_um=wavelengths, pixel_size_um=pixel,
-                         iterations=iterations, shrink=shrink, max_defocus_um=max_defocus_um)
+                         iterations=iterations, shrink=shrink, max_defocus_um=max_defocus_um,
+                         spherical_waves=tuple(float(a) for a in spherical_waves))
     # RL's influence grows with the iterations; twice the PSF radius keeps tiles
     # within the error budget measured in benchmarks/seams.py (README)
     halo = 2 * spec.reach_px()
@@ -220,9 +288,12 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
         modality=modality, channels=3 if rgb else 1, mpp=None,
         defocus_range_um=(-max_defocus_um, max_defocus_um), normalization="range", halo=halo,
         version=__version__,
-        description=(f"Richardson-Lucy ({iterations} iterations) with the aberration-free defocus PSF of each "
-                     f"window's estimated |z| x {shrink:g} (NA {spec.na:g}, {pixel:g} µm/px), at the scan's "
-                     "pixel size"),
+        description=(f"Richardson-Lucy ({iterations} iterations) with the defocus PSF of each window's estimated "
+                     f"|z| x {shrink:g} (NA {spec.na:g}, {pixel:g} µm/px), "
+                     + ("aberration-free" if spec.spherical_waves == (0.0,) else
+                        f"with the spherical aberration of {', '.join(f'{a:+g}' for a in spec.spherical_waves)} "
+                        "waves whose result has the sparsest gradients")
+                     + ", at the scan's pixel size"),
         extra=(("kind", "deconvolution"), ("min_confidence", f"{MIN_CONFIDENCE[modality]:g}"),
                ("min_defocus_um", f"{MIN_DEFOCUS_UM[modality]:g}")))
     digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
