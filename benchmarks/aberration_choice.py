@@ -29,6 +29,12 @@ Usage::
     python benchmarks/aberration_choice.py --modality brightfield --z-from map --z 2 3 4 5 [--blend]
     python benchmarks/aberration_choice.py --modality brightfield --z-from true --spherical 0 0
     python benchmarks/aberration_choice.py --modality fluorescence --z-from true
+    python benchmarks/aberration_choice.py --cost [--slide SLIDE] [--repeats 2]
+
+``--cost`` times ``refocus(method="deconvolve", where="all")`` end to end
+(threads, every core) on a shared brightfield slide with the choice and, in
+the same run, with the candidates set to ``(0.0,)`` (the aberration-free PSF):
+s/MP of each and their ratio.
 """
 
 from __future__ import annotations
@@ -102,6 +108,32 @@ def measure(modality: str, *, z_from: str, z_grid: list[float], spherical: tuple
             "sources": [str(s) for s in sources], "rows": rows}
 
 
+def cost(slide: Path, *, repeats: int = 2) -> dict:
+    """Seconds per megapixel of ``--method deconvolve --where all`` with and without the aberration choice."""
+    import wsi_deepr.restore.deconvolution as deconvolution
+    from wsi_deepr import open_slide, refocus
+
+    h, w = open_slide(slide).shape[:2]
+    mp = h * w / 1e6
+    candidates = deconvolution.SPHERICAL_CANDIDATES
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cands in (("chosen", candidates), ("aberration-free", (0.0,))):
+            deconvolution.SPHERICAL_CANDIDATES = cands  # what physics_model offers brightfield
+            try:
+                best = np.inf
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    refocus(slide, Path(tmp) / "out.ome.tif", method="deconvolve", where="all", scheduler="threads",
+                            overwrite=True, compression="zlib")
+                    best = min(best, time.perf_counter() - t)
+            finally:
+                deconvolution.SPHERICAL_CANDIDATES = candidates
+            times[name] = best / mp
+    return {"slide": str(slide), "megapixels": mp, "s_per_mp": times,
+            "ratio": times["chosen"] / times["aberration-free"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -111,9 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--z", type=float, nargs="+", default=[2, 3, 4, 5])
     p.add_argument("--spherical", type=float, nargs=2, default=U.SPHERICAL, metavar=("LOW", "HIGH"))
     p.add_argument("--blend", action="store_true", help="also the default refocus output and its average with chosen")
+    p.add_argument("--cost", action="store_true", help="time --method deconvolve with and without the choice")
+    p.add_argument("--slide", type=Path, default=U.SHARED / "slides" / "CMU-1-Small-Region.svs")
+    p.add_argument("--repeats", type=int, default=2, help="--cost: runs per variant; the fastest counts")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
+    if args.cost:
+        rep = cost(args.slide, repeats=args.repeats)
+        print(f"{Path(rep['slide']).name} ({rep['megapixels']:.2f} MP), --method deconvolve --where all: "
+              + ", ".join(f"{k} {v:.2f} s/MP" for k, v in rep["s_per_mp"].items())
+              + f" (x{rep['ratio']:.2f} with the choice)")
+        return U.finish(rep, args.json, t0)
     rep = measure(args.modality, z_from=args.z_from, z_grid=args.z, spherical=tuple(args.spherical), blend=args.blend)
     print(f"{rep['modality']}, |z| from {rep['z_from']}, spherical {rep['spherical'][0]:g}-{rep['spherical'][1]:g} "
           f"waves; sources: {', '.join(Path(s).name for s in rep['sources'])}")

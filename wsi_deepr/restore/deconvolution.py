@@ -147,8 +147,8 @@ class Deconvolution:
         Each candidate deconvolves a central crop of at most :data:`CHOICE_CROP_PX`
         px; the criterion is the excess kurtosis of the horizontal and
         vertical differences of the channels' mean, away from the crop's
-        edges.  Ties and flat crops (no finite kurtosis) keep the candidate
-        nearest 0.
+        edges (the green channel alone chose worse: ``benchmarks/aberration_choice.py``).
+        Ties and flat crops (no finite kurtosis) keep the candidate nearest 0.
         """
         candidates = sorted(self.spherical_waves, key=abs)
         if len(candidates) == 1:
@@ -170,16 +170,17 @@ class Deconvolution:
 
     def _deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float) -> np.ndarray:
         """Richardson-Lucy of every channel of ``window`` ``(C, H, W)`` with the PSF of ``(z_um, spherical_waves)``."""
+        kernels = _kernels(self, window.shape[0], z_um, spherical_waves)
+        return np.stack([self._deconvolve_plane(window[c], kernel) for c, kernel in enumerate(kernels)])
+
+    def _deconvolve_plane(self, plane: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """Richardson-Lucy of one ``(H, W)`` plane, padded by reflection by the kernel's radius."""
         from skimage.restoration import richardson_lucy
 
-        kernels = _kernels(self, window.shape[0], z_um, spherical_waves)
-        out = np.empty(window.shape, dtype=np.float64)
-        for c, kernel in enumerate(kernels):
-            pad = kernel.shape[0] // 2
-            plane = np.pad(np.clip(window[c], 1e-4, None).astype(np.float64), pad, mode="reflect")
-            restored = richardson_lucy(plane, kernel, num_iter=int(self.iterations), clip=False)
-            out[c] = restored[pad:pad + window.shape[1], pad:pad + window.shape[2]]
-        return out
+        pad = kernel.shape[0] // 2
+        padded = np.pad(np.clip(plane, 1e-4, None).astype(np.float64), pad, mode="reflect")
+        restored = richardson_lucy(padded, kernel, num_iter=int(self.iterations), clip=False)
+        return restored[pad:pad + plane.shape[0], pad:pad + plane.shape[1]]
 
     def run(self, batch: np.ndarray, defocus_um: np.ndarray | None, *, model_channels: int | None = None) -> np.ndarray:
         """Deconvolve ``batch`` ``(N, C, H, W)`` (intensities in ``[0, 1]``) window by window.
