@@ -91,7 +91,7 @@ def measure(modality: str, *, z_from: str, z_grid: list[float], spherical: tuple
                 outs = {a: cap for a in spec.spherical_waves}
             else:
                 chosen = spec.choose_spherical(chw, z)
-                outs = {a: spec._deconvolve(chw, z, a).transpose(1, 2, 0) for a in spec.spherical_waves}
+                outs = {a: spec.deconvolve(chw, z, a).transpose(1, 2, 0) for a in spec.spherical_waves}
                 scores = {a: U._score(img, case.target, margin)[0] for a, img in outs.items()}
             rec.update(free=scores[0.0], chosen=scores[chosen], best=max(scores.values()))
             true_sign = float(np.sign(case.signed_z * case.setting.spherical_waves))

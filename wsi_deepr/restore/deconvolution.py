@@ -4,8 +4,8 @@ Deep-R is blind: it never sees the defocus.  This method is its physics
 counterpart inside the same pipeline.  The defocus map
 (:mod:`wsi_deepr.focus`) gives every refocus window a ``|z|`` estimate; the
 window is deconvolved with the scalar-diffraction defocus PSF of that
-``|z|`` (:func:`wsi_deepr.optics.psf`, aberration-free, so the sign of ``z``
-does not matter) by Richardson-Lucy (:func:`skimage.restoration.richardson_lucy`).
+``|z|`` (:func:`wsi_deepr.optics.psf`) by Richardson-Lucy
+(:func:`skimage.restoration.richardson_lucy`).
 
 The defocus map gives ``|z|`` only.  Real objectives add spherical aberration,
 and with it the PSF differs on the two sides of focus (a sharp core in a halo
@@ -162,14 +162,29 @@ class Deconvolution:
         edge = max(2, min(side_y, side_x) // 8)
         scores = []
         for a in candidates:
-            restored = self._deconvolve(crop, z_um, a).mean(axis=0)[edge:-edge, edge:-edge]
+            restored = self.deconvolve(crop, z_um, a).mean(axis=0)[edge:-edge, edge:-edge]
             grads = np.concatenate([np.diff(restored, axis=0).ravel(), np.diff(restored, axis=1).ravel()])
             k = float(kurtosis(grads)) if grads.size > 3 and grads.std() > 0 else np.nan
             scores.append(k if np.isfinite(k) else -np.inf)
         return float(candidates[int(np.argmax(scores))])
 
-    def _deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float) -> np.ndarray:
-        """Richardson-Lucy of every channel of ``window`` ``(C, H, W)`` with the PSF of ``(z_um, spherical_waves)``."""
+    def deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float = 0.0) -> np.ndarray:
+        """Richardson-Lucy of every channel of one window with one PSF, no choice made.
+
+        Parameters
+        ----------
+        window : numpy.ndarray
+            ``(C, H, W)`` intensities in ``[0, 1]``.
+        z_um : float
+            ``|z|`` of the PSF (µm), used as given (no shrink, no cap).
+        spherical_waves : float
+            Noll-11 coefficient of the PSF (waves RMS).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``float64`` ``(C, H, W)``.
+        """
         kernels = _kernels(self, window.shape[0], z_um, spherical_waves)
         return np.stack([self._deconvolve_plane(window[c], kernel) for c, kernel in enumerate(kernels)])
 
@@ -221,7 +236,7 @@ class Deconvolution:
                 continue
             spherical = self.choose_spherical(batch[k], z)
             log.debug("window %d: |z| %.2f µm, spherical aberration %+.3f waves", k, z, spherical)
-            out[k] = self._deconvolve(batch[k], z, spherical)
+            out[k] = self.deconvolve(batch[k], z, spherical)
         return out
 
     def to_dict(self) -> dict:
