@@ -3,14 +3,15 @@
 ``benchmarks/unseen_eval.py`` compares every default method with Richardson-Lucy
 given the **true** PSF: the true signed ``z`` *and* each field's spherical
 aberration.  A blind pipeline knows neither; the defocus map estimates ``|z|``
-and every PSF it uses is aberration-free.  On the same fields and optics as
+(brightfield deconvolution then chooses the aberration blindly:
+``benchmarks/aberration_choice.py`` measures how well).  On the same fields and optics as
 ``unseen_eval.py`` (same seed and fields; with the same ``--z`` the same captures), this scores
 Richardson-Lucy with:
 
 * ``rl_true``: the true PSF, 30 iterations (``unseen_eval.py``'s oracle);
 * ``rl_z30``: the true ``|z|``, aberration-free, 30 iterations;
 * ``rl_z10s``: the true ``|z|`` x 0.8, aberration-free, 10 iterations: what
-  ``--method deconvolve`` would do with a perfect defocus map.
+  fluorescence ``--method deconvolve`` would do with a perfect defocus map.
 
 The difference ``rl_true - rl_z30`` is what knowing the aberration is worth;
 ``rl_z10s`` minus the default pipeline's output (``unseen_eval.py``) is what
