@@ -60,7 +60,7 @@ def compare(slide: Path, model: str | None, threads: int) -> dict:
             secs = time.perf_counter() - t
             row[f"s_per_mp_{mode}"] = round(secs / mp, 3)
             outs[mode] = (tifffile.imread(out), result)
-        (a, ra), (b, rb) = outs["process"], outs["skip"]
+        (a, _), (b, rb) = outs["process"], outs["skip"]
         prov = rb.provenance
         params = prov["parameters"]
         row["skipped"] = f"{params['skipped_windows']}/{rb.windows}"
