@@ -340,10 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worst bin change {rep['worst_bin_change']:+.3f} (gate >= -0.005); mean gain |z| >= 3 "
               f"{'n/a' if gain is None else f'{gain:+.3f}'}; at or above RL in {rep['bins_at_or_above_rl']} of "
               f"{rep['bins_z_ge_3']} bins |z| >= 3")
-    print(f"({time.perf_counter() - t0:.0f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(reports, indent=1))
-    return 0
+    return finish(reports, args.json, t0)
 
 
 if __name__ == "__main__":
