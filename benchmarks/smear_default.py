@@ -11,9 +11,13 @@ exactly as the input plane was (:func:`export.evaluate.evaluate_stack`) and
 scored by SSIM to ``z+00``.  Gate of issue 13: planes ±2…±7 improve and no
 plane loses more than 0.002.
 
+``--beyond UM`` (repeatable) adds ``auto`` with the brightfield network's
+hand-off to deconvolution moved to ``UM`` (its card's ``deconvolve_beyond_um``),
+the check that chose the shipped hand-off.
+
 Usage (from the repository root)::
 
-    python benchmarks/smear_default.py [--subject auto] [--subject deepr-brightfield] [--json out.json]
+    python benchmarks/smear_default.py [--subject auto] [--subject deepr-brightfield] [--beyond 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ STACK = ROOT.parent / "shared" / "data" / "stacks" / "smear-brightfield"
 class DefaultRefocus:
     """``(H, W, 3)`` image in ``[0, 1]`` → written as a slide → ``refocus`` with defaults → ``[0, 1]``."""
 
-    def __init__(self, subject: str, folder: Path) -> None:
-        self.subject, self.folder = subject, folder
+    def __init__(self, subject: str, folder: Path, beyond_um: float | None = None) -> None:
+        self.subject, self.folder, self.beyond_um = subject, folder, beyond_um
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         import tifffile
@@ -49,7 +53,17 @@ class DefaultRefocus:
             kwargs = {"method": self.subject}
         else:
             kwargs = {"model": self.subject}
-        refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
+        if self.beyond_um is None:
+            refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
+        else:
+            from wsi_deepr.inference.card import ModelCard
+
+            shipped = ModelCard.deconvolve_beyond_um
+            ModelCard.deconvolve_beyond_um = property(lambda card: self.beyond_um)
+            try:
+                refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
+            finally:
+                ModelCard.deconvolve_beyond_um = shipped
         return tifffile.imread(out).astype(np.float64) / 255.0
 
 
@@ -59,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject", action="append", default=None,
                    help="model name, 'deconvolve' or 'auto'; repeatable [default: auto, deconvolve and every "
                         "shipped brightfield model]")
+    p.add_argument("--beyond", type=float, action="append", default=[],
+                   help="also auto with the brightfield hand-off at this |z| (µm); repeatable")
     p.add_argument("--stack", type=Path, default=STACK)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -68,11 +84,16 @@ def main(argv: list[str] | None = None) -> int:
 
     subjects = args.subject or ["auto", "deconvolve"] + [m.name for m in list_models()
                                                          if m.card.modality is Modality.BRIGHTFIELD]
+    if args.beyond and not args.subject:
+        subjects = []
+    runs = [(s, None) for s in subjects] + [("auto", b) for b in args.beyond]
     reports = []
     t0 = time.perf_counter()
-    for subject in subjects:
+    for subject, beyond in runs:
         with tempfile.TemporaryDirectory() as tmp:
-            fn = DefaultRefocus(subject, Path(tmp))
+            fn = DefaultRefocus(subject, Path(tmp), beyond)
+            if beyond is not None:
+                subject = f"auto, hand-off at {beyond:g} µm"
             rep = evaluate_stack(fn, args.stack)
         rows = rep["rows"]
         gate_planes = [r for r in rows if 2 <= abs(r["plane"]) <= 7]

@@ -18,6 +18,7 @@ from wsi_deepr.options import RefocusOptions
 from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
 from wsi_deepr.readers.slide import Modality
 from wsi_deepr.restore import METHOD_NAME, Deconvolution, physics_model
+from wsi_deepr.restore.deconvolution import HANDOFF_RL_SETTING
 from wsi_deepr.testing import DefocusRegion, write_layout_slide
 
 from .conftest import shared_path
@@ -80,18 +81,33 @@ def test_the_estimate_is_shrunk_capped_and_rounded() -> None:
         Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, iterations=0)
 
 
-def test_tiled_deconvolution_matches_the_whole_image_within_two_levels(ihc) -> None:
+def test_iterations_grow_with_the_defocus_up_to_the_cap() -> None:
+    fixed = Deconvolution(na=0.75, wavelengths_um=(0.52,), pixel_size_um=0.5, iterations=12)
+    assert [fixed.iterations_at(z) for z in (0.5, 3.0, 8.0)] == [12, 12, 12]
+    rated = dataclasses.replace(fixed, iterations=40, iterations_per_um=10.0)
+    assert [rated.iterations_at(z) for z in (0.0, 0.25, 1.5, 3.25, 8.0)] == [1, 2, 15, 32, 40]
+    with pytest.raises(ValueError, match="iterations_per_um=-1"):
+        dataclasses.replace(fixed, iterations_per_um=-1.0)
+
+
+@pytest.mark.parametrize("setting, z", [("method", 4.0), ("handoff", 9.0)])
+def test_tiled_deconvolution_matches_the_whole_image_within_two_levels(ihc, setting, z) -> None:
     """The card's halo keeps tiles within the budget of a network (<= 2 levels of 8 bits).
 
     With the PSF fixed at the widest candidate aberration: the choice among
     candidates is per window, like the defocus estimate, so it is held fixed here.
+    ``handoff``: the hand-off's setting at the cap (8 µm, its most iterations).
     """
-    image = np.clip(np.rint(defocus(ihc[:384, :384], SETTING, 4.0) * 255), 0, 255).astype(np.uint8)
-    info, default = physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5)
+    image = np.clip(np.rint(defocus(ihc[:384, :384], SETTING, min(z, 8.0)) * 255), 0, 255).astype(np.uint8)
+    iterations, rate, shrink = HANDOFF_RL_SETTING if setting == "handoff" else (None, None, None)
+    info, default = physics_model(Modality.BRIGHTFIELD, n_channels=3, mpp=0.5, iterations=iterations,
+                                  iterations_per_um=rate, shrink=shrink)
     spec = dataclasses.replace(default, spherical_waves=(max(default.spherical_waves, key=abs),))
+    if setting == "handoff":
+        assert spec.iterations_at(spec.defocus_used(z)) == spec.iterations
     stats = compute_stats(info.card.normalization, image.reshape(-1, 3), dtype=np.uint8, source="test")
-    whole = refocus_array(image, spec, stats=stats, defocus=4.0, tile=None, dtype=np.uint8)
-    tiled = refocus_array(image, spec, stats=stats, defocus=4.0, tile=256, halo=info.card.halo, overlap=16,
+    whole = refocus_array(image, spec, stats=stats, defocus=z, tile=None, dtype=np.uint8)
+    tiled = refocus_array(image, spec, stats=stats, defocus=z, tile=256, halo=info.card.halo, overlap=16,
                           dtype=np.uint8)
     diff = np.abs(whole.astype(int) - tiled.astype(int))
     m = info.card.halo  # the image border is reflected differently by the two
@@ -237,6 +253,8 @@ def test_a_card_with_deconvolve_beyond_hands_far_windows_to_deconvolution(tmp_pa
     handoff = record["parameters"]["handoff"]
     assert handoff["deconvolve_beyond_um"] == 6.0 and handoff["method"] == METHOD_NAME
     assert handoff["pixel_size_um"] == 0.5 and handoff["na"] == 0.75
+    # far windows converge further than --method deconvolve's windows (HANDOFF_RL_SETTING)
+    assert (handoff["iterations"], handoff["iterations_per_um"], handoff["shrink"]) == HANDOFF_RL_SETTING
     # the same model without the key: the network alone, a different output where the map reads > 6 µm
     plain = model_factory("handoff-card", default_card(normalization="range", halo="56", min_defocus_um="1.5"))
     refocus(slide, tmp_path / "plain.ome.tif", model=plain, workers=2, compression="zlib")

@@ -55,7 +55,7 @@ from wsi_deepr.inference.session import SessionSpec, active_provider, get_sessio
 from wsi_deepr.options import RefocusOptions
 from wsi_deepr.readers import open_slide
 from wsi_deepr.readers.slide import Modality, Slide
-from wsi_deepr.restore import Deconvolution, Handoff, physics_model
+from wsi_deepr.restore import Deconvolution, Handoff, deconvolution, physics_model
 from wsi_deepr.runsafe.provenance import Checksum, provenance_record, sidecar_path, to_annotations, write_sidecar
 from wsi_deepr.runsafe.resume import (
     Scratch,
@@ -400,8 +400,10 @@ def _handoff(job: Job, session: SessionSpec) -> Handoff | None:
         return None
     level0 = None if job.slide.mpp is None else float(np.mean(job.slide.mpp))
     processing = output_mpp(job.slide, job.geometry.scale)
+    iterations, rate, shrink = deconvolution.HANDOFF_RL_SETTING
     _, physics = physics_model(job.slide.modality, n_channels=job.slide.n_channels, mpp=level0,
-                               pixel_size_um=None if processing is None else float(np.mean(processing)))
+                               pixel_size_um=None if processing is None else float(np.mean(processing)),
+                               iterations=iterations, iterations_per_um=rate, shrink=shrink)
     return Handoff(session, physics, math.inf if beyond is None else beyond, step)
 
 

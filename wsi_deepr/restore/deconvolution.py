@@ -24,7 +24,11 @@ and invented edges while an under-estimated one only sharpens less: the
 estimate is shrunk (``shrink``), capped (``max_defocus_um``) and the
 iterations are few (``iterations``; no noise model, so more iterations amplify
 noise and JPEG blocks).  The numbers were chosen and are measured in
-``benchmarks/unseen_eval.py`` (README, *Refocusing methods*).
+``benchmarks/unseen_eval.py`` (README, *Refocusing methods*).  Far from focus
+a wide PSF needs more iterations (``iterations_per_um``): the windows a
+network hands off past its training range get :data:`HANDOFF_RL_SETTING`,
+while ``--method deconvolve`` keeps :data:`RL_SETTINGS`, since the further
+setting lost near focus on real defocus (``benchmarks/deconvolution_tuning.py``).
 
 Pixels enter in ``range`` normalisation (``x / max(dtype)``), i.e. as light
 intensities in ``[0, 1]``, which is what Richardson-Lucy's Poisson model
@@ -52,7 +56,7 @@ from wsi_deepr.inference.card import ModelCard, ModelInfo
 from wsi_deepr.optics.randomize import FLUORESCENCE_WAVELENGTH_UM
 from wsi_deepr.readers.slide import Modality
 
-__all__ = ["METHOD_NAME", "Deconvolution", "physics_model"]
+__all__ = ["HANDOFF_RL_SETTING", "METHOD_NAME", "RL_SETTINGS", "Deconvolution", "physics_model"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,15 @@ MIN_DEFOCUS_UM = {Modality.BRIGHTFIELD: 1.5, Modality.FLUORESCENCE: 2.0}
 #: ``min_confidence``; chosen with benchmarks/unseen_eval.py: smooth in-focus fluorescence reads as
 #: defocus, with low confidence)
 MIN_CONFIDENCE = {Modality.BRIGHTFIELD: 0.0, Modality.FLUORESCENCE: 0.45}
+#: Richardson-Lucy settings of ``--method deconvolve`` per modality: (iterations, iterations per µm of
+#: |z|, shrink on the estimate), see :class:`Deconvolution`.  Few and fixed: more iterations gained on
+#: simulated defocus but lost up to 0.13 SSIM near focus on the real smear stack
+#: (benchmarks/deconvolution_tuning.py, benchmarks/smear_default.py; rl-deconvolution card)
+RL_SETTINGS = {Modality.BRIGHTFIELD: (10, 0.0, 0.8), Modality.FLUORESCENCE: (10, 0.0, 0.8)}
+#: The same for the windows a network hands off past its training range (:class:`~wsi_deepr.restore.Handoff`):
+#: there the PSF is wide and more iterations converge further (chosen on the seen sources with
+#: benchmarks/deconvolution_tuning.py; the hand-off threshold with the smear stack)
+HANDOFF_RL_SETTING = (60, 10.0, 0.9)
 #: Defocus step of the cached PSFs (µm): estimates are rounded to it.
 Z_STEP_UM = 0.25
 #: Candidate spherical aberrations (Noll-11, waves RMS) brightfield chooses from per window: from a
@@ -72,6 +85,8 @@ Z_STEP_UM = 0.25
 SPHERICAL_CANDIDATES = (-0.1, -0.05, 0.0, 0.05, 0.1)
 #: Side (px) of the central crop on which the aberration is chosen
 CHOICE_CROP_PX = 256
+#: Richardson-Lucy iterations of each candidate's trial deconvolution (at most the window's own)
+CHOICE_ITERATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,12 @@ class Deconvolution:
     pixel_size_um : float
         µm per pixel of the windows.
     iterations : int
-        Richardson-Lucy iterations.
+        Richardson-Lucy iterations (with ``iterations_per_um``: at most).
+    iterations_per_um : float
+        When > 0, a window deconvolved at ``|z|`` gets ``round(iterations_per_um x |z|)``
+        iterations (at least 1, at most ``iterations``): a wider PSF needs more
+        iterations to converge, while near focus a few already restore what the
+        noise supports (:meth:`iterations_at`).  0: ``iterations`` everywhere.
     shrink : float
         Factor on the estimated ``|z|`` (``<= 1``: err towards too little PSF).
     max_defocus_um : float
@@ -107,10 +127,14 @@ class Deconvolution:
     shrink: float = 0.8
     max_defocus_um: float = 8.0
     spherical_waves: tuple[float, ...] = (0.0,)
+    iterations_per_um: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= int(self.iterations) <= 200:
             raise ValueError(f"iterations={self.iterations!r}: give 1-200 Richardson-Lucy iterations")
+        if not 0 <= self.iterations_per_um <= 100:
+            raise ValueError(f"iterations_per_um={self.iterations_per_um!r}: give 0 (fixed iterations) or a rate "
+                             "in (0, 100] iterations per µm of defocus")
         if not 0 < self.shrink <= 1.5:
             raise ValueError(f"shrink={self.shrink!r}: give a factor in (0, 1.5] on the estimated defocus")
         if not 0 < self.max_defocus_um <= 50:
@@ -134,6 +158,12 @@ class Deconvolution:
         z = min(max(float(estimate_um), 0.0) * self.shrink, self.max_defocus_um)
         return round(z / Z_STEP_UM) * Z_STEP_UM
 
+    def iterations_at(self, z_um: float) -> int:
+        """Richardson-Lucy iterations for a PSF of ``|z|`` = ``z_um``."""
+        if self.iterations_per_um <= 0:
+            return int(self.iterations)
+        return int(min(max(round(self.iterations_per_um * float(z_um)), 1), self.iterations))
+
     def reach_px(self) -> int:
         """Radius (px) of the widest PSF used: the halo needed around a window."""
         from wsi_deepr.optics import psf_radius_px
@@ -147,7 +177,9 @@ class Deconvolution:
         Each candidate deconvolves a central crop of at most :data:`CHOICE_CROP_PX`
         px; the criterion is the excess kurtosis of the horizontal and
         vertical differences of the channels' mean, away from the crop's
-        edges (the green channel alone chose worse: ``benchmarks/aberration_choice.py``).
+        edges (the green channel alone chose worse: ``benchmarks/aberration_choice.py``),
+        each after :data:`CHOICE_ITERATIONS` iterations at most (more chose worse on the
+        seen sources, ``benchmarks/deconvolution_tuning.py``).
         Ties and flat crops (no finite kurtosis) keep the candidate nearest 0.
         """
         candidates = sorted(self.spherical_waves, key=abs)
@@ -161,14 +193,16 @@ class Deconvolution:
         crop = window[:, y0:y0 + side_y, x0:x0 + side_x]
         edge = max(2, min(side_y, side_x) // 8)
         scores = []
+        iterations = min(CHOICE_ITERATIONS, self.iterations_at(z_um))
         for a in candidates:
-            restored = self.deconvolve(crop, z_um, a).mean(axis=0)[edge:-edge, edge:-edge]
+            restored = self.deconvolve(crop, z_um, a, iterations=iterations).mean(axis=0)[edge:-edge, edge:-edge]
             grads = np.concatenate([np.diff(restored, axis=0).ravel(), np.diff(restored, axis=1).ravel()])
             k = float(kurtosis(grads)) if grads.size > 3 and grads.std() > 0 else np.nan
             scores.append(k if np.isfinite(k) else -np.inf)
         return float(candidates[int(np.argmax(scores))])
 
-    def deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float = 0.0) -> np.ndarray:
+    def deconvolve(self, window: np.ndarray, z_um: float, spherical_waves: float = 0.0, *,
+                   iterations: int | None = None) -> np.ndarray:
         """Richardson-Lucy of every channel of one window with one PSF, no choice made.
 
         Parameters
@@ -179,6 +213,8 @@ class Deconvolution:
             ``|z|`` of the PSF (µm), used as given (no shrink, no cap).
         spherical_waves : float
             Noll-11 coefficient of the PSF (waves RMS).
+        iterations : int, optional
+            Richardson-Lucy iterations; default :meth:`iterations_at` ``(z_um)``.
 
         Returns
         -------
@@ -186,15 +222,16 @@ class Deconvolution:
             ``float64`` ``(C, H, W)``.
         """
         kernels = _kernels(self, window.shape[0], z_um, spherical_waves)
-        return np.stack([self._deconvolve_plane(window[c], kernel) for c, kernel in enumerate(kernels)])
+        n = self.iterations_at(z_um) if iterations is None else int(iterations)
+        return np.stack([self._deconvolve_plane(window[c], kernel, n) for c, kernel in enumerate(kernels)])
 
-    def _deconvolve_plane(self, plane: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    def _deconvolve_plane(self, plane: np.ndarray, kernel: np.ndarray, iterations: int) -> np.ndarray:
         """Richardson-Lucy of one ``(H, W)`` plane, padded by reflection by the kernel's radius."""
         from skimage.restoration import richardson_lucy
 
         pad = kernel.shape[0] // 2
         padded = np.pad(np.clip(plane, 1e-4, None).astype(np.float64), pad, mode="reflect")
-        restored = richardson_lucy(padded, kernel, num_iter=int(self.iterations), clip=False)
+        restored = richardson_lucy(padded, kernel, num_iter=int(iterations), clip=False)
         return restored[pad:pad + plane.shape[0], pad:pad + plane.shape[1]]
 
     def run(self, batch: np.ndarray, defocus_um: np.ndarray | None, *, model_channels: int | None = None) -> np.ndarray:
@@ -261,8 +298,9 @@ def _kernels(spec: Deconvolution, channels: int, z_um: float, spherical_waves: f
 
 
 def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pixel_size_um: float | None = None,
-                  iterations: int = 10, shrink: float = 0.8, max_defocus_um: float = 8.0,
-                  spherical_waves: tuple[float, ...] | None = None) -> tuple[ModelInfo, Deconvolution]:
+                  iterations: int | None = None, shrink: float | None = None, max_defocus_um: float = 8.0,
+                  spherical_waves: tuple[float, ...] | None = None,
+                  iterations_per_um: float | None = None) -> tuple[ModelInfo, Deconvolution]:
     """The method for a slide, and its card as a :class:`ModelInfo` the pipeline plans with.
 
     Parameters
@@ -279,8 +317,8 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
     pixel_size_um : float, optional
         µm/px of the windows when they are not level 0 (a network's
         processing scale, :class:`~wsi_deepr.restore.Handoff`); default ``mpp``.
-    iterations, shrink, max_defocus_um, spherical_waves
-        See :class:`Deconvolution`.  Default candidates: :data:`SPHERICAL_CANDIDATES` for brightfield
+    iterations, shrink, max_defocus_um, spherical_waves, iterations_per_um
+        See :class:`Deconvolution`.  Defaults: :data:`RL_SETTINGS` of the modality; candidates: :data:`SPHERICAL_CANDIDATES` for brightfield
         RGB; for fluorescence only ``(0.0,)``, since on nuclear stains the gradient criterion found the sign
         no better than chance (``benchmarks/aberration_choice.py``).
     """
@@ -294,9 +332,13 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
     wavelengths = tuple(BRIGHTFIELD_WAVELENGTHS_UM) if rgb else (FLUORESCENCE_WAVELENGTH_UM,)
     if spherical_waves is None:
         spherical_waves = SPHERICAL_CANDIDATES if rgb else (0.0,)
+    default_iterations, default_rate, default_shrink = RL_SETTINGS[modality]
+    iterations = default_iterations if iterations is None else iterations
+    shrink = default_shrink if shrink is None else shrink
+    rate = default_rate if iterations_per_um is None else iterations_per_um
     spec = Deconvolution(na=na_prior(level0), wavelengths_um=wavelengths, pixel_size_um=pixel,
                          iterations=iterations, shrink=shrink, max_defocus_um=max_defocus_um,
-                         spherical_waves=tuple(float(a) for a in spherical_waves))
+                         spherical_waves=tuple(float(a) for a in spherical_waves), iterations_per_um=rate)
     # RL's influence grows with the iterations; twice the PSF radius keeps tiles
     # within the error budget measured in benchmarks/seams.py (README)
     halo = 2 * spec.reach_px()
@@ -304,7 +346,8 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
         modality=modality, channels=3 if rgb else 1, mpp=None,
         defocus_range_um=(-max_defocus_um, max_defocus_um), normalization="range", halo=halo,
         version=__version__,
-        description=(f"Richardson-Lucy ({iterations} iterations) with the defocus PSF of each window's estimated "
+        description=(f"Richardson-Lucy ({iterations} iterations"
+                     + (f", {rate:g} per µm of |z|" if rate > 0 else "") + ") with the defocus PSF of each window's estimated "
                      f"|z| x {shrink:g} (NA {spec.na:g}, {pixel:g} µm/px), "
                      + ("aberration-free" if spec.spherical_waves == (0.0,) else
                         f"with the spherical aberration of {', '.join(f'{a:+g}' for a in spec.spherical_waves)} "
