@@ -102,7 +102,8 @@ def smear(settings: list[tuple[int, float, float]]) -> list[dict]:
             deconvolution.RL_SETTINGS = shipped | {Modality.BRIGHTFIELD: (int(setting[0]), float(setting[1]),
                                                                          float(setting[2]))}
             with tempfile.TemporaryDirectory() as tmp:
-                rows = evaluate_stack(smear_default.DefaultRefocus("deconvolve", Path(tmp)), smear_default.STACK)["rows"]
+                refocus = smear_default.DefaultRefocus("deconvolve", Path(tmp))
+                rows = evaluate_stack(refocus, smear_default.STACK)["rows"]
             out.append({"setting": list(setting), "change": {r["plane"]: r["ssim_output"] - r["ssim_input"]
                                                              for r in rows}})
     finally:
@@ -171,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     import wsi_deepr.restore.deconvolution as deconvolution
     from wsi_deepr.readers.slide import Modality
 
-    settings = ([tuple(s) for s in args.setting] if args.setting else
-                [deconvolution.HANDOFF_RL_SETTING if args.beyond else deconvolution.RL_SETTINGS[Modality(args.modality)]])
+    shipped = deconvolution.HANDOFF_RL_SETTING if args.beyond else deconvolution.RL_SETTINGS[Modality(args.modality)]
+    settings = [tuple(s) for s in args.setting] if args.setting else [shipped]
     t0 = time.perf_counter()
     if args.cost:
         rep = cost(z_um=args.cost_z, repeats=args.repeats)
@@ -184,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if reports:
         print(f"{args.modality}, {'unseen' if args.unseen else 'seen'} sources, seed {args.seed}; "
               f"SSIM per |z| = {' / '.join(f'{z:g}' for z in args.z)} µm")
-        print("| subject | iterations | per µm | shrink | hand-off µm | input | RL-true-PSF | output | worst | gain >= 3 "
-              "| >= RL |")
+        print("| subject | iterations | per µm | shrink | hand-off µm | input | RL-true-PSF | output | worst "
+              "| gain >= 3 | >= RL |")
         print("|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|")
         for rep in reports:
             s, rows = rep["setting"], rep["rows"]

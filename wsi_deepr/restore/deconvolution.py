@@ -318,9 +318,10 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
         µm/px of the windows when they are not level 0 (a network's
         processing scale, :class:`~wsi_deepr.restore.Handoff`); default ``mpp``.
     iterations, shrink, max_defocus_um, spherical_waves, iterations_per_um
-        See :class:`Deconvolution`.  Defaults: :data:`RL_SETTINGS` of the modality; candidates: :data:`SPHERICAL_CANDIDATES` for brightfield
-        RGB; for fluorescence only ``(0.0,)``, since on nuclear stains the gradient criterion found the sign
-        no better than chance (``benchmarks/aberration_choice.py``).
+        See :class:`Deconvolution`.  Defaults: :data:`RL_SETTINGS` of the modality; candidates:
+        :data:`SPHERICAL_CANDIDATES` for brightfield RGB; for fluorescence only ``(0.0,)``, since on
+        nuclear stains the gradient criterion found the sign no better than chance
+        (``benchmarks/aberration_choice.py``).
     """
     from wsi_deepr import __version__
     from wsi_deepr.focus.estimate import na_prior
@@ -346,9 +347,11 @@ def physics_model(modality: Modality, *, n_channels: int, mpp: float | None, pix
         modality=modality, channels=3 if rgb else 1, mpp=None,
         defocus_range_um=(-max_defocus_um, max_defocus_um), normalization="range", halo=halo,
         version=__version__,
-        description=(f"Richardson-Lucy ({iterations} iterations"
-                     + (f", {rate:g} per µm of |z|" if rate > 0 else "") + ") with the defocus PSF of each window's estimated "
-                     f"|z| x {shrink:g} (NA {spec.na:g}, {pixel:g} µm/px), "
+        description=("Richardson-Lucy ("
+                     + (f"{rate:g} iterations per µm of |z|, at most {iterations}" if rate > 0
+                        else f"{iterations} iterations")
+                     + f") with the defocus PSF of each window's estimated |z| x {shrink:g} "
+                     f"(NA {spec.na:g}, {pixel:g} µm/px), "
                      + ("aberration-free" if spec.spherical_waves == (0.0,) else
                         f"with the spherical aberration of {', '.join(f'{a:+g}' for a in spec.spherical_waves)} "
                         "waves whose result has the sparsest gradients")
