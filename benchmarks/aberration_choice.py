@@ -13,7 +13,8 @@ the blind estimator's median over the field's four 128-px windows
 (``--z-from map``), with:
 
 * ``free``: the aberration-free PSF (what the pipeline used before);
-* ``chosen``: the candidate the criterion chooses (what it uses now);
+* ``chosen``: the candidate the criterion chooses (what it uses now, on trial
+  deconvolutions of ``CHOICE_ITERATIONS``, as in the pipeline);
 * ``best``: the best candidate in hindsight (what a perfect criterion would give);
 * ``oracle``: the true PSF (``unseen_eval.py``'s column);
 
