@@ -43,6 +43,23 @@ def _without_fit(src: Path, dst: Path) -> Path:
     return dst
 
 
+def defocused_slide(z_um: float, folder: Path) -> tuple[Path, float]:
+    """CMU-1-Small-Region defocused everywhere by ``z_um`` (NA 0.75, 0.5 µm/px), as a TIFF slide in ``folder``;
+    its path and megapixels."""
+    import tifffile
+
+    from wsi_deepr import open_slide
+    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
+
+    src = open_slide(SLIDE)
+    pixels = src.read_region(0, 0, 0, *src.shape[:2]).astype(np.float64) / 255
+    setting = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
+    blurred = np.clip(np.rint(defocus(pixels, setting, z_um) * 255), 0, 255).astype(np.uint8)
+    slide = folder / "defocused.tif"
+    tifffile.imwrite(slide, blurred, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    return slide, blurred.shape[0] * blurred.shape[1] / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,26 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="runs per card; the fastest counts")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    import tifffile
-
-    from wsi_deepr import open_slide, refocus
+    from wsi_deepr import refocus
     from wsi_deepr.inference.registry import resolve_model
-    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
     from wsi_deepr.readers.slide import Modality
 
     shipped = resolve_model("deepr-brightfield", modality=Modality.BRIGHTFIELD)
     if shipped.card.consistency_max_step is None:
         raise SystemExit(f"{shipped.path}: its card has no consistency_max_step; nothing to compare")
-    src = open_slide(SLIDE)
-    pixels = src.read_region(0, 0, 0, *src.shape[:2]).astype(np.float64) / 255
-    setting = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
-    blurred = np.clip(np.rint(defocus(pixels, setting, args.z) * 255), 0, 255).astype(np.uint8)
-    mp = blurred.shape[0] * blurred.shape[1] / 1e6
     best = {"fitted": float("inf"), "unfitted": float("inf")}
     records = {}
     with tempfile.TemporaryDirectory() as tmp:
-        slide = Path(tmp) / "defocused.tif"
-        tifffile.imwrite(slide, blurred, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        slide, mp = defocused_slide(args.z, Path(tmp))
         models = {"fitted": shipped.path, "unfitted": _without_fit(shipped.path, Path(tmp) / "unfitted.onnx")}
         for _ in range(args.repeats):
             for name, model in models.items():

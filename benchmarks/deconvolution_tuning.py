@@ -43,8 +43,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -55,33 +53,28 @@ import unseen_eval as U  # noqa: E402
 def run(modality: str, settings: list[tuple[int, float, float]], *, beyond: list[float], unseen: bool, seed: int,
         size: int, fields: int, z_grid: list[float]) -> list[dict]:
     """One :func:`unseen_eval.evaluate` report per setting (and per hand-off), labelled."""
+    from smear_default import hand_off_at
+
     import wsi_deepr.restore.deconvolution as deconvolution
-    from wsi_deepr.inference.card import ModelCard
     from wsi_deepr.readers.slide import Modality
 
     key = Modality(modality)
     shipped, shipped_far = dict(deconvolution.RL_SETTINGS), deconvolution.HANDOFF_RL_SETTING
     runs = [(s, None) for s in settings] + [(settings[0], b) for b in beyond]
     reports = []
-    original = ModelCard.deconvolve_beyond_um
     try:
         for setting, hand_off in runs:
             chosen = (int(setting[0]), float(setting[1]), float(setting[2]))
-            if hand_off is None:
-                deconvolution.RL_SETTINGS = shipped | {key: chosen}
-            else:
-                deconvolution.HANDOFF_RL_SETTING = chosen
-                ModelCard.deconvolve_beyond_um = property(lambda card, b=hand_off: b)
+            deconvolution.RL_SETTINGS = shipped | {key: chosen} if hand_off is None else shipped
+            deconvolution.HANDOFF_RL_SETTING = shipped_far if hand_off is None else chosen
             subject = f"{'auto' if hand_off is not None else 'deconvolve'}:{modality}"
-            rep = U.evaluate(subject, None, fields=fields, z_grid=z_grid, size=size, seed=seed, unseen=unseen)
-            rep["setting"] = {"iterations": int(setting[0]), "iterations_per_um": float(setting[1]),
-                              "shrink": float(setting[2]), "deconvolve_beyond_um": hand_off}
+            with hand_off_at(hand_off):
+                rep = U.evaluate(subject, None, fields=fields, z_grid=z_grid, size=size, seed=seed, unseen=unseen)
+            rep["setting"] = {"iterations": chosen[0], "iterations_per_um": chosen[1], "shrink": chosen[2],
+                              "deconvolve_beyond_um": hand_off}
             reports.append(rep)
-            deconvolution.RL_SETTINGS, deconvolution.HANDOFF_RL_SETTING = shipped, shipped_far
-            ModelCard.deconvolve_beyond_um = original
     finally:
         deconvolution.RL_SETTINGS, deconvolution.HANDOFF_RL_SETTING = shipped, shipped_far
-        ModelCard.deconvolve_beyond_um = original
     return reports
 
 
@@ -115,24 +108,17 @@ def cost(*, z_um: float, repeats: int) -> dict:
     """Seconds per MP of the brightfield default with the shipped hand-off setting and with the method's."""
     import tempfile
 
-    import tifffile
+    from consistency_cost import defocused_slide
 
     import wsi_deepr.restore.deconvolution as deconvolution
-    from wsi_deepr import open_slide, refocus
-    from wsi_deepr.optics import BRIGHTFIELD_WAVELENGTHS_UM, OpticalSetting, defocus
+    from wsi_deepr import refocus
     from wsi_deepr.readers.slide import Modality
 
-    src = open_slide(U.SHARED / "slides" / "CMU-1-Small-Region.svs")
-    pixels = src.read_region(0, 0, 0, *src.shape[:2]).astype(np.float64) / 255
-    setting = OpticalSetting(na=0.75, wavelengths_um=BRIGHTFIELD_WAVELENGTHS_UM, pixel_size_um=0.5)
-    blurred = np.clip(np.rint(defocus(pixels, setting, z_um) * 255), 0, 255).astype(np.uint8)
-    mp = blurred.shape[0] * blurred.shape[1] / 1e6
     shipped = deconvolution.HANDOFF_RL_SETTING
     variants = {"hand-off setting": shipped, "method setting": deconvolution.RL_SETTINGS[Modality.BRIGHTFIELD]}
     best = {name: float("inf") for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        slide = Path(tmp) / "defocused.tif"
-        tifffile.imwrite(slide, blurred, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+        slide, mp = defocused_slide(z_um, Path(tmp))
         try:
             for _ in range(repeats):
                 for name, value in variants.items():

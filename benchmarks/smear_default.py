@@ -23,10 +23,12 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # export/
 STACK = ROOT.parent / "shared" / "data" / "stacks" / "smear-brightfield"
+
+
+@contextlib.contextmanager
+def hand_off_at(beyond_um: float | None) -> Iterator[None]:
+    """Within the block, every card's ``deconvolve_beyond_um`` reads ``beyond_um`` (``None``: as shipped)."""
+    if beyond_um is None:
+        yield
+        return
+    from wsi_deepr.inference.card import ModelCard
+
+    shipped = ModelCard.deconvolve_beyond_um
+    ModelCard.deconvolve_beyond_um = property(lambda card: beyond_um)
+    try:
+        yield
+    finally:
+        ModelCard.deconvolve_beyond_um = shipped
 
 
 class DefaultRefocus:
@@ -53,17 +71,8 @@ class DefaultRefocus:
             kwargs = {"method": self.subject}
         else:
             kwargs = {"model": self.subject}
-        if self.beyond_um is None:
+        with hand_off_at(self.beyond_um):
             refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
-        else:
-            from wsi_deepr.inference.card import ModelCard
-
-            shipped = ModelCard.deconvolve_beyond_um
-            ModelCard.deconvolve_beyond_um = property(lambda card: self.beyond_um)
-            try:
-                refocus(src, out, scheduler="threads", overwrite=True, compression="zlib", **kwargs)
-            finally:
-                ModelCard.deconvolve_beyond_um = shipped
         return tifffile.imread(out).astype(np.float64) / 255.0
 
 

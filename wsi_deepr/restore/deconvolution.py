@@ -178,8 +178,8 @@ class Deconvolution:
         px; the criterion is the excess kurtosis of the horizontal and
         vertical differences of the channels' mean, away from the crop's
         edges (the green channel alone chose worse: ``benchmarks/aberration_choice.py``),
-        each after :data:`CHOICE_ITERATIONS` iterations at most (more chose worse on the
-        seen sources, ``benchmarks/deconvolution_tuning.py``).
+        each after :data:`CHOICE_ITERATIONS` iterations at most, as the method has always
+        chosen (rl-deconvolution card).
         Ties and flat crops (no finite kurtosis) keep the candidate nearest 0.
         """
         candidates = sorted(self.spherical_waves, key=abs)
